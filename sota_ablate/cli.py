@@ -1,0 +1,284 @@
+"""Command line: ``python -m sota_ablate {run-grid,run,list-techniques,profiles}``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_GRID = "ablations/chapter.toml"
+DEFAULT_EXPERIMENT = "sota_ablate"
+
+
+class CliError(Exception):
+    """A usage error printed as one paragraph (no traceback unless --debug)."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set {item!r}: use KEY=VALUE, e.g. --set lr=1e-3 or --set augment.max_rotate=0")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise CliError(f"--seeds {text!r}: use comma-separated integers, e.g. --seeds 0,1,2") from None
+    if not seeds:
+        raise CliError("--seeds is empty: use e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to run")
+    g.add_argument("--grid", default=None, help=f"grid TOML file (default: {DEFAULT_GRID} if present)")
+    g.add_argument(
+        "--profile",
+        choices=["chapter", "quick", "smoke"],
+        default=None,
+        help="scale: chapter (GPU, the book's settings), quick (2-core CPU, <15 min), smoke (tests); "
+        "default: chapter with CUDA, quick otherwise",
+    )
+    g.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the grid's)")
+    g.add_argument(
+        "--epochs-scale",
+        type=float,
+        default=1.0,
+        help="multiply every epoch count (rounded, at least 1); e.g. 0.5 for a faster look",
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe setting for every cell, e.g. --set lr=1e-3 (repeatable)",
+    )
+    d = p.add_argument_group("data")
+    d.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="a folder with train/<class>/* and val/<class>/* (default: download Imagenette)",
+    )
+    d.add_argument(
+        "--variant",
+        choices=["full", "320px", "160px"],
+        default=None,
+        help="Imagenette archive to download (default: the profile's)",
+    )
+    d.add_argument("--data-root", default=None, help="where Imagenette is downloaded (default ~/.cache/sota_ablate)")
+    d.add_argument(
+        "--split",
+        choices=["official", "chapter"],
+        default="official",
+        help="official train/val folders (default) or the chapter's seeded random 20%% of both",
+    )
+    d.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/sota_ablate/cache)")
+    t = p.add_argument_group("tracking and hardware")
+    t.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+    )
+    t.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    t.add_argument("--log-model", action="store_true", help="also log each cell's model weights")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="start a new grid run even if this grid already has a (partly) finished one",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (epoch tables still print)")
+    t.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sota_ablate",
+        description="Ablation suite for fastbook chapter 7: every technique measured, tracked in MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "run-grid",
+        help="train every cell of a grid (one MLflow parent run, a child per cell)",
+        description="Train every cell x seed of a grid; finished cells are kept and skipped "
+        "when the same command is rerun.",
+    )
+    _add_run_options(p)
+    p.add_argument("--cells", default=None, help="only these cells, comma-separated (e.g. baseline,mixup)")
+    p = sub.add_parser("run", help="train one cell of a grid", description="Train one cell of a grid.")
+    p.add_argument("--cell", required=True, help="the cell's name in the grid file, e.g. baseline")
+    _add_run_options(p)
+    sub.add_parser(
+        "list-techniques",
+        help="the technique registry: names, hyperparameters, sources",
+        description="List every registered technique with its hyperparameters and source.",
+    )
+    sub.add_parser("profiles", help="the profiles and their settings", description="List the profiles.")
+    return parser
+
+
+def list_techniques(out: Any = None) -> None:
+    from sota_ablate.techniques import get_technique, technique_names
+
+    out = out or sys.stdout
+    for name in technique_names():
+        cls = get_technique(name)
+        defaults = ", ".join(f"{k}={_fmt(v)}" for k, v in cls.defaults().items()) or "(none)"
+        print(
+            f"{name}\n    {cls.summary}\n    hyperparameters: {defaults}\n    source: {cls.source}\n",
+            file=out,
+        )
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def list_profiles(out: Any = None) -> None:
+    from sota_ablate.profiles import PROFILES
+
+    out = out or sys.stdout
+    for p in PROFILES.values():
+        print(
+            f"{p.name}: {p.description}\n    train: {p.train}\n    techniques: {p.techniques}\n"
+            f"    data: {p.data}\n    epochs_scale: {p.epochs_scale}\n",
+            file=out,
+        )
+
+
+def _device(text: str) -> Any:
+    import torch
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise CliError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available here; use --device cpu")
+    return dev
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sota_ablate.data import DataConfig
+    from sota_ablate.grid import load_grid
+    from sota_ablate.profiles import default_profile, get_profile
+    from sota_ablate.runner import RunOptions, run_grid
+    from sota_ablate.tracking import Tracker, resolve_tracking_uri
+
+    device = _device(args.device)
+    if args.profile is None:
+        name, why = default_profile(device.type == "cuda")
+        print(f"profile: {name} ({why}; choose with --profile)")
+    else:
+        name = args.profile
+        print(f"profile: {name}")
+    profile = get_profile(name)
+    grid_path = args.grid or DEFAULT_GRID
+    if args.grid is None and not Path(grid_path).is_file():
+        raise CliError(
+            f"no --grid given and {DEFAULT_GRID} is not here; run from the repository root or pass --grid FILE"
+        )
+    grid = load_grid(grid_path)
+    cells = [args.cell] if args.command == "run" else (args.cells.split(",") if args.cells else None)
+    if cells:
+        grid = grid.select([c.strip() for c in cells if c.strip()])
+    data_kw: dict[str, Any] = dict(profile.data)
+    if args.data:
+        data_kw.update(source="folder", path=args.data)
+    else:
+        data_kw.update(source="imagenette")
+        if args.data_root:
+            data_kw["path"] = args.data_root
+    if args.variant:
+        data_kw["variant"] = args.variant
+    data_kw["split"] = args.split
+    if args.cache_dir:
+        data_kw["cache_dir"] = args.cache_dir
+    data_cfg = DataConfig(**data_kw)
+    data_cfg.validate()
+    if args.epochs_scale <= 0:
+        raise CliError(f"--epochs-scale {args.epochs_scale}: use a positive number")
+    opts = RunOptions(
+        profile=profile,
+        data=data_cfg,
+        device=device,
+        epochs_scale=args.epochs_scale,
+        log_model=args.log_model,
+        force=args.force,
+        progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),
+        overrides=_parse_sets(args.set),
+    )
+    tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    outcome = run_grid(grid, opts, tracker, seeds=_parse_seeds(args.seeds))
+    if outcome.failed:
+        names = ", ".join(f"{o.cell} (seed {o.seed}): {o.error}" for o in outcome.failed)
+        print(f"{len(outcome.failed)} cell run(s) failed: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if args.command == "list-techniques":
+        list_techniques()
+        return 0
+    if args.command == "profiles":
+        list_profiles()
+        return 0
+    from sota_ablate.config import ConfigError
+    from sota_ablate.data import DataError
+    from sota_ablate.grid import GridError
+    from sota_ablate.registry import UnknownNameError
+    from sota_ablate.tracking import TrackingError
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return _run(args)
+    except (CliError, ConfigError, GridError, DataError, TrackingError, UnknownNameError) as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Device-resident datasets and batch iterators (airbench's GPU loader with fastai's DataLoaders semantics).
+
+``load_data`` lists the items, loads (or builds) the uint8 cache and moves it to the device once. The iterators
+then only index it: training batches are slices of an on-device ``torch.randperm`` with ``drop_last=True``
+(fastai's train DataLoader), validation batches run in order without ``drop_last``, and all augmentation runs on
+whole batches on the device (``augment.py``). No host syncs: the loop may run ahead of the GPU.
+
+Validation is deterministic, so its transformed images are computed once per size and kept on the device as
+uint8 (a rounding of at most 0.5/255 per pixel): evaluation then costs one uint8 → float conversion per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sota_ablate.data.augment import AugmentConfig, train_transform, valid_transform
+from sota_ablate.data.cache import build_cache
+from sota_ablate.data.config import DataConfig
+from sota_ablate.data.errors import DataError
+from sota_ablate.data.sources import list_items, relative_key
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 256 * 2**20  # host → device copies and valid precomputation go in chunks of about this size
+
+
+@dataclass
+class ImageSet:
+    """One split, resident on its device.
+
+    Attributes:
+        images: ``uint8 [N, 3, L, L]`` canvases, each image at the top left (see ``cache.py``).
+        sizes: ``int32 [N, 2]``: height and width of each image in its canvas.
+        labels: ``int64 [N]``.
+        paths: the image paths, relative to the dataset folder.
+        presize: the short side of the cached images (sets the area pre-shrink); None: the canvas side.
+    """
+
+    images: Tensor
+    sizes: Tensor
+    labels: Tensor
+    paths: list[str]
+    presize: int | None = None
+    _valid_cache: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the images live."""
+        return self.images.device
+
+
+@dataclass
+class ImageData:
+    """The training and validation sets of one run.
+
+    Attributes:
+        train: the training set.
+        valid: the validation set.
+        classes: class names; label ``i`` is ``classes[i]``.
+        info: what to log: the dataset identity (``DataConfig.identity``), ``n_train``, ``n_valid``,
+            ``n_classes``, ``canvas``, ``cache_hit``, ``cache_seconds`` and ``cache_folder``.
+    """
+
+    train: ImageSet
+    valid: ImageSet
+    classes: list[str]
+    info: dict[str, Any]
+
+
+def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
+    """List the items, build or load the uint8 cache and move it to ``device`` once.
+
+    Args:
+        cfg: the data configuration (validated here).
+        device: where the images live for the whole run (a CUDA device for speed).
+
+    Returns:
+        The training and validation sets.
+
+    Raises:
+        DataError: a bad configuration, dataset, download or image.
+    """
+    device = torch.device(device)
+    items = list_items(cfg)
+    # One cache for the union, sorted by relative path: both splits and every split seed share it.
+    union = sorted(items.train + items.valid, key=lambda item: relative_key(item[0], items.root))
+    cached = build_cache(union, cfg, items.root)
+    row = {key: i for i, key in enumerate(cached.keys)}
+    sets = []
+    for split in (items.train, items.valid):
+        rows = [row[relative_key(path, items.root)] for path, _ in split]
+        sets.append(
+            ImageSet(
+                images=_rows_to_device(cached.images, rows, device),
+                sizes=cached.sizes[rows].to(device),
+                labels=torch.tensor([label for _, label in split], dtype=torch.int64, device=device),
+                paths=[cached.keys[i] for i in rows],
+                presize=cfg.presize,
+            )
+        )
+    info: dict[str, Any] = {
+        **cfg.identity(),
+        "n_train": len(items.train),
+        "n_valid": len(items.valid),
+        "n_classes": len(items.classes),
+        "canvas": cached.canvas,
+        "cache_hit": cached.hit,
+        "cache_seconds": round(cached.seconds, 2),
+        "cache_folder": str(cached.folder),
+    }
+    logger.info(
+        "data on %s: %d train, %d valid, %dx%d canvas",
+        device,
+        len(items.train),
+        len(items.valid),
+        cached.canvas,
+        cached.canvas,
+    )
+    return ImageData(train=sets[0], valid=sets[1], classes=list(items.classes), info=info)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Training batches per epoch: ``n // batch_size`` (``drop_last=True``, as fastai's train DataLoader).
+
+    Raises:
+        DataError: fewer images than one batch.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size = {batch_size}: it must be >= 1.")
+    if n < batch_size:
+        raise DataError(
+            f"{n} training images make no full batch of {batch_size} (the last partial batch is dropped): "
+            "lower the batch size or use more images (data.train_per_class)."
+        )
+    return n // batch_size
+
+
+def train_batches(ds: ImageSet, batch_size: int, size: int, aug: AugmentConfig) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of augmented training batches: on-device shuffle, ``drop_last=True``.
+
+    Args:
+        ds: the training set.
+        batch_size: images per batch.
+        size: output side in pixels.
+        aug: the augmentation settings.
+
+    Yields:
+        ``(x, y)``: ``float32 [B, 3, size, size]`` in [0, 1] (channels_last on CUDA) and ``int64 [B]`` labels.
+    """
+    steps = steps_per_epoch(len(ds), batch_size)
+    order = torch.randperm(len(ds), device=ds.device)
+    for step in range(steps):
+        index = order[step * batch_size : (step + 1) * batch_size]
+        images, sizes = ds.images.index_select(0, index), ds.sizes.index_select(0, index)
+        x = train_transform(images, sizes, size, aug, presize=ds.presize)
+        yield _layout(x), ds.labels.index_select(0, index)
+
+
+def valid_batches(ds: ImageSet, batch_size: int, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Validation batches in order (no ``drop_last``): centre crop, resized to ``size``.
+
+    The transformed set is computed on the first call for each size and kept on the device as uint8.
+
+    Yields:
+        ``(x, y)``: ``float32 [B, 3, size, size]`` in [0, 1] (channels_last on CUDA) and ``int64 [B]`` labels.
+    """
+    _check_batch(batch_size)
+    cached = ds._valid_cache.get(size)
+    if cached is None:
+        cached = _precompute_valid(ds, size)
+        ds._valid_cache[size] = cached
+    for start in range(0, len(ds), batch_size):
+        x = cached[start : start + batch_size].float().mul_(1 / 255)
+        yield _layout(x), ds.labels[start : start + batch_size]
+
+
+def tta_batches(ds: ImageSet, batch_size: int, size: int, aug: AugmentConfig) -> Iterator[tuple[Tensor, Tensor]]:
+    """Validation images with the TRAINING augmentation, in order, no ``drop_last`` (fastai's ``Learner.tta``).
+
+    Yields:
+        ``(x, y)`` as ``valid_batches``, freshly augmented on every call.
+    """
+    _check_batch(batch_size)
+    for start in range(0, len(ds), batch_size):
+        end = start + batch_size
+        x = train_transform(ds.images[start:end], ds.sizes[start:end], size, aug, presize=ds.presize)
+        yield _layout(x), ds.labels[start:end]
+
+
+def _check_batch(batch_size: int) -> None:
+    if batch_size < 1:
+        raise DataError(f"batch_size = {batch_size}: it must be >= 1.")
+
+
+def _layout(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def _chunk_rows(images: Tensor) -> int:
+    per_image = max(1, images[0].numel() * images.element_size()) if len(images) else 1
+    return max(1, _CHUNK_BYTES // per_image)
+
+
+def _precompute_valid(ds: ImageSet, size: int) -> Tensor:
+    """The whole validation set through ``valid_transform``, as uint8 on its device."""
+    out = torch.empty((len(ds), 3, size, size), dtype=torch.uint8, device=ds.device)
+    if ds.device.type == "cuda":
+        out = out.contiguous(memory_format=torch.channels_last)
+    chunk = max(1, _chunk_rows(ds.images) // 4)  # float32 working copies are 4x the uint8 bytes
+    for start in range(0, len(ds), chunk):
+        end = start + chunk
+        x = valid_transform(ds.images[start:end], ds.sizes[start:end], size, presize=ds.presize)
+        out[start:end] = x.mul_(255).round_()
+    return out
+
+
+def _rows_to_device(images: Tensor, rows: list[int], device: torch.device) -> Tensor:
+    """``images[rows]`` on ``device``: a view when the rows are contiguous on the CPU, chunked pinned copies to CUDA.
+
+    The cache is memory-mapped; gathering it chunk by chunk through a pinned staging buffer never holds a second
+    full copy of the dataset in host memory.
+    """
+    n = len(rows)
+    contiguous = n > 0 and rows == list(range(rows[0], rows[0] + n))
+    if device.type == "cpu":
+        return images[rows[0] : rows[0] + n] if contiguous else images[torch.tensor(rows, dtype=torch.int64)]
+    out = torch.empty((n, *images.shape[1:]), dtype=images.dtype, device=device)
+    if n == 0:
+        return out
+    pinned = device.type == "cuda"
+    with torch.cuda.device(device) if pinned else contextlib.nullcontext():
+        chunk = _chunk_rows(images)
+        shape = (min(chunk, n), *images.shape[1:])
+        staging = [torch.empty(shape, dtype=images.dtype, pin_memory=pinned) for _ in range(2)]
+        events: list[Any] = [None, None]
+        index = torch.tensor(rows, dtype=torch.int64)
+        for k, start in enumerate(range(0, n, chunk)):
+            end = min(start + chunk, n)
+            buffer = staging[k % 2][: end - start]
+            if events[k % 2] is not None:
+                events[k % 2].synchronize()  # the copy that last read this buffer is done
+            if contiguous:
+                buffer.copy_(images[rows[0] + start : rows[0] + end])
+            else:
+                torch.index_select(images, 0, index[start:end], out=buffer)
+            out[start:end].copy_(buffer, non_blocking=pinned)
+            if pinned:
+                events[k % 2] = torch.cuda.Event()
+                events[k % 2].record()
+        if pinned:
+            torch.cuda.current_stream(device).synchronize()
+    return out

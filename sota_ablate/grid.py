@@ -1,0 +1,258 @@
+"""Grid files: which cells (technique sets + recipe overrides) to train, and with which seeds.
+
+A grid file is TOML::
+
+    name = "chapter"                 # the grid's name (MLflow tag ``grid``, report folder)
+    description = "..."
+    seeds = [0]                      # every cell runs once per seed
+    generate = "one_at_a_time"       # optional: one_at_a_time | all | leave_one_out | factorial
+    techniques = ["fp16", "mixup"]   # the techniques ``generate`` combines (default: all six)
+
+    [defaults]                       # applied to every cell: recipe keys and technique tables
+    epochs = 5
+    progressive = { initial_epochs = 4 }
+
+    [[cells]]                        # explicit cells (added after generated ones)
+    name = "all"
+    techniques = ["fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing"]
+    epochs = 10
+    progressive = { initial_epochs = 15 }
+
+    [overrides.mixup]                # per-cell overrides by cell name (generated or explicit cells)
+    epochs = 15
+
+Recipe keys are ``TrainConfig`` fields (``epochs``, ``lr``, ``size``, ``batch_size``, ``augment.max_rotate``...);
+a table named after a technique sets that technique's hyperparameters.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sota_ablate.config import ConfigError, TrainConfig, apply_overrides, flatten
+from sota_ablate.techniques import create_techniques, technique_names
+
+GENERATORS = ("one_at_a_time", "all", "leave_one_out", "factorial")
+TOP_LEVEL_KEYS = ("name", "description", "seeds", "generate", "techniques", "defaults", "cells", "overrides")
+CELL_KEYS = ("name", "techniques", "description")
+
+
+class GridError(ValueError):
+    """A grid file that cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One ablation cell: a set of techniques and overrides (recipe keys and technique tables)."""
+
+    name: str
+    techniques: tuple[str, ...]
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    description: str = ""
+
+    def split_overrides(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """(recipe overrides as dotted keys, technique hyperparameters by technique)."""
+        recipe: dict[str, Any] = {}
+        techs: dict[str, dict[str, Any]] = {}
+        known = set(technique_names())
+        for key, value in self.overrides.items():
+            if key in known:
+                if not isinstance(value, dict):
+                    raise GridError(f"cell {self.name!r}: {key} must be a table of hyperparameters")
+                techs[key] = dict(value)
+            elif isinstance(value, dict):
+                for sub, v in _dotted(value, key + ".").items():
+                    recipe[sub] = v
+            else:
+                recipe[key] = value
+        return recipe, techs
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    cells: tuple[Cell, ...]
+    seeds: tuple[int, ...] = (0,)
+    description: str = ""
+    source: str = ""
+
+    def select(self, names: Sequence[str]) -> Grid:
+        """Keep only the named cells (in the grid's order); unknown names list the known ones."""
+        known = [c.name for c in self.cells]
+        for n in names:
+            if n not in known:
+                close = difflib.get_close_matches(n, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise GridError(f"unknown cell {n!r} in grid {self.name!r}.{hint} Cells: {', '.join(known)}.")
+        wanted = set(names)
+        return Grid(
+            self.name,
+            tuple(c for c in self.cells if c.name in wanted),
+            self.seeds,
+            self.description,
+            self.source,
+        )
+
+
+def _dotted(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def generate_cells(mode: str, techniques: Sequence[str]) -> list[Cell]:
+    """Cells for a generator over ``techniques``.
+
+    - ``one_at_a_time``: baseline, each technique alone, all of them (the chapter's story).
+    - ``all``: just the cell with every technique.
+    - ``leave_one_out``: all, and all minus each technique (``no_<name>``).
+    - ``factorial``: every subset (2**n cells), named by their techniques joined with ``+``.
+    """
+    techniques = list(techniques)
+    if mode == "one_at_a_time":
+        return [Cell("baseline", ()), *[Cell(t, (t,)) for t in techniques], Cell("all", tuple(techniques))]
+    if mode == "all":
+        return [Cell("all", tuple(techniques))]
+    if mode == "leave_one_out":
+        cells = [Cell("all", tuple(techniques))]
+        cells += [Cell(f"no_{t}", tuple(x for x in techniques if x != t)) for t in techniques]
+        return cells
+    if mode == "factorial":
+        cells = []
+        for r in range(len(techniques) + 1):
+            for combo in itertools.combinations(techniques, r):
+                cells.append(Cell("+".join(combo) or "baseline", tuple(combo)))
+        return cells
+    raise GridError(f"unknown generator {mode!r}; use one of: {', '.join(GENERATORS)}")
+
+
+def _check_keys(keys: Iterable[str], allowed: Sequence[str], where: str) -> None:
+    for k in keys:
+        if k not in allowed:
+            close = difflib.get_close_matches(k, list(allowed), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise GridError(f"unknown key {k!r} in {where}.{hint} Allowed keys: {', '.join(allowed)}.")
+
+
+def parse_grid(data: dict[str, Any], source: str = "<grid>") -> Grid:
+    """Build and validate a ``Grid`` from parsed TOML."""
+    _check_keys(data, TOP_LEVEL_KEYS, source)
+    known_techs = technique_names()
+    name = data.get("name") or Path(source).stem
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise GridError(f"{source}: seeds must be a non-empty list of integers, like seeds = [0, 1, 2]")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise GridError(f"{source}: [defaults] must be a table")
+    cells: list[Cell] = []
+    if "generate" in data:
+        techs = data.get("techniques", known_techs)
+        cells += generate_cells(str(data["generate"]), techs)
+    elif "techniques" in data:
+        raise GridError(f"{source}: 'techniques' at the top level needs 'generate' (e.g. generate = \"all\")")
+    for i, raw in enumerate(data.get("cells", [])):
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise GridError(f'{source}: cells[{i}] needs a name, e.g. [[cells]] name = "baseline"')
+        techs = raw.get("techniques", [])
+        if not isinstance(techs, list):
+            raise GridError(f"{source}: cells[{i}].techniques must be a list of technique names")
+        overrides = {k: v for k, v in raw.items() if k not in CELL_KEYS}
+        cells.append(Cell(str(raw["name"]), tuple(techs), overrides, str(raw.get("description", ""))))
+    if not cells:
+        raise GridError(f'{source}: no cells; add [[cells]] tables or generate = "one_at_a_time"')
+    per_cell = data.get("overrides", {})
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise GridError(f"{source}: duplicate cell names: {', '.join(dupes)}")
+    _check_keys(per_cell, names, f"{source} [overrides] (cell names)")
+    merged: list[Cell] = []
+    for c in cells:
+        # Technique tables in [defaults] apply to the cells that use the technique.
+        cell_defaults = {k: v for k, v in defaults.items() if k not in known_techs or k in c.techniques}
+        overrides = _deep_merge(cell_defaults, c.overrides)
+        overrides = _deep_merge(overrides, per_cell.get(c.name, {}))
+        merged.append(Cell(c.name, c.techniques, overrides, c.description))
+    grid = Grid(
+        name=str(name),
+        cells=tuple(merged),
+        seeds=tuple(seeds),
+        description=str(data.get("description", "")),
+        source=source,
+    )
+    validate_grid(grid)
+    return grid
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def validate_grid(grid: Grid) -> None:
+    """Resolve every cell once so unknown techniques, keys and bad values fail before any training."""
+    for cell in grid.cells:
+        try:
+            resolve_cell(cell, TrainConfig())
+        except (ConfigError, KeyError, ValueError) as err:
+            raise GridError(f"{grid.source}: cell {cell.name!r}: {err}") from None
+
+
+def resolve_cell(cell: Cell, base: TrainConfig, technique_overrides: dict[str, dict[str, Any]] | None = None):
+    """Return (TrainConfig, techniques) for a cell on top of ``base`` (the profile's config).
+
+    Args:
+        cell: the cell.
+        base: config from the profile.
+        technique_overrides: technique hyperparameters from the profile, under the cell's own.
+    """
+    recipe, techs = cell.split_overrides()
+    cfg = apply_overrides(base, recipe, where=f"cell {cell.name!r}")
+    cfg.validate()
+    merged = {k: dict(v) for k, v in (technique_overrides or {}).items() if k in cell.techniques}
+    for k, v in techs.items():
+        merged.setdefault(k, {}).update(v)
+    for k in techs:
+        if k not in cell.techniques:
+            raise GridError(
+                f"cell {cell.name!r} sets hyperparameters of {k!r}, which is not among its techniques "
+                f"({', '.join(cell.techniques) or 'none'}); add it to techniques or remove the table"
+            )
+    return cfg, create_techniques(cell.techniques, merged)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read a grid TOML file. Errors name the file and line (syntax) or the key (content)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GridError(f"grid file {str(p)!r} does not exist; pass --grid with a path like ablations/chapter.toml")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise GridError(f"{p}: TOML syntax error: {err}") from None
+    return parse_grid(data, source=str(p))
+
+
+def cell_params(cell: Cell, cfg: TrainConfig, techniques: Sequence[Any]) -> dict[str, Any]:
+    """The resolved hyperparameters of a cell, flattened for logging."""
+    params = {f"train.{k}": v for k, v in flatten(cfg).items()}
+    for t in techniques:
+        for k, v in t.hyperparameters().items():
+            params[f"tech.{t.name}.{k}"] = v
+    return params

@@ -1,0 +1,319 @@
+"""Read a grid back from MLflow: the parent run(s), one tidy row per (cell, seed), per-epoch metric histories.
+
+Everything comes through ``Tracker.search_runs`` (``mlflow.search_runs``) and ``Tracker.metric_history``; no local
+side files. Params come back from MLflow as strings and are cast here (``cast_param``): JSON numbers, booleans
+and lists become Python values, everything else stays a string.
+
+A cell run is **complete** only with the tag ``sota_ablate.complete = "true"`` and status FINISHED (run status
+alone is not trustworthy, see the shared mlflow notes). Every (cell, seed) the grid asked for (the parent's
+``cells`` and ``seeds`` params) gets a row; those without a child run are ``missing``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+COMPLETE_TAG = "sota_ablate.complete"
+ROLE_TAG = "sota_ablate.role"
+HISTORY_KEYS = (
+    "train_loss",
+    "valid_loss",
+    "accuracy",
+    "epoch_time_s",
+    "train_time_s",
+    "images_per_s",
+    "image_size",
+)
+STATES = ("complete", "running", "failed", "killed", "incomplete", "missing")
+
+
+class ReportError(RuntimeError):
+    """No grid to report on; the message says what was looked for and how to fix it."""
+
+
+def cast_param(value: Any) -> Any:
+    """An MLflow param string as a Python value: ``"3"`` -> 3, ``"1e-3"`` -> 0.001, ``"[0, 1]"`` -> [0, 1],
+    ``"true"`` -> True, ``"official"`` -> ``"official"``; None and NaN stay None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _is_set(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def run_state(status: str | None, complete_tag: Any) -> str:
+    """complete | running | failed | killed | incomplete (FINISHED without the completion tag)."""
+    if complete_tag == "true" and status == "FINISHED":
+        return "complete"
+    return {"RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed", "KILLED": "killed"}.get(
+        status or "", "incomplete"
+    )
+
+
+def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
+    """``search_runs`` output as a tidy frame: params cast, metrics as floats, convenience columns first.
+
+    Columns: ``run_id, parent_id, run_name, cell, seed, techniques, state, failure, start_time, end_time``,
+    then every ``params.*`` (cast), ``metrics.*`` and ``tags.*`` column of the input.
+    """
+    if raw.empty:
+        return pd.DataFrame(columns=["run_id", "parent_id", "run_name", "cell", "seed", "techniques", "state"])
+    out = pd.DataFrame(index=raw.index)
+    tag = lambda name: raw[name] if name in raw.columns else pd.Series([None] * len(raw), index=raw.index)  # noqa: E731
+    out["run_id"] = raw["run_id"]
+    out["parent_id"] = tag("tags.mlflow.parentRunId")
+    out["run_name"] = tag("tags.mlflow.runName")
+    out["cell"] = tag("tags.cell")
+    out["seed"] = [int(s) if _is_set(s) else None for s in tag("tags.seed")]
+    out["techniques"] = [t if _is_set(t) else "none" for t in tag("tags.techniques")]
+    out["state"] = [run_state(s, c) for s, c in zip(raw["status"], tag(f"tags.{COMPLETE_TAG}"), strict=True)]
+    out["failure"] = [f if _is_set(f) else "" for f in tag("tags.sota_ablate.failure")]
+    out["start_time"] = raw.get("start_time")
+    out["end_time"] = raw.get("end_time")
+    extra: dict[str, Any] = {}
+    for col in raw.columns:
+        if col.startswith("params."):
+            extra[col] = [cast_param(v) for v in raw[col]]
+        elif col.startswith("metrics."):
+            extra[col] = pd.to_numeric(raw[col], errors="coerce")
+        elif col.startswith("tags."):
+            extra[col] = raw[col]
+    return pd.concat([out, pd.DataFrame(extra, index=raw.index)], axis=1).reset_index(drop=True)
+
+
+@dataclass
+class GridData:
+    """One grid (or several parents of it, ``--all-seeds``), read back from MLflow.
+
+    Attributes:
+        grid: the grid's name.
+        parents: tidy rows of the parent run(s), newest first; ``parents.iloc[0]`` is the primary one.
+        runs: one row per expected (cell, seed): the chosen child run (complete preferred, then newest), or a
+            ``missing`` placeholder; also children of cells the parents did not list.
+        cells: the cells in grid order.
+        seeds: the seeds asked for, sorted.
+        histories: run id -> per-epoch frame (index: 0-based global epoch; columns from ``HISTORY_KEYS``).
+        notes: remarks from collecting (parents left out of an aggregation, duplicate runs, ...).
+    """
+
+    grid: str
+    parents: pd.DataFrame
+    runs: pd.DataFrame
+    cells: list[str]
+    seeds: list[int]
+    histories: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def parent(self) -> pd.Series:
+        return self.parents.iloc[0]
+
+    @property
+    def parent_id(self) -> str:
+        return str(self.parent["run_id"])
+
+    def parent_param(self, key: str, default: Any = None) -> Any:
+        value = self.parent.get(f"params.{key}")
+        return value if _is_set(value) else default
+
+    def cell_rows(self, cell: str, state: str | None = "complete") -> pd.DataFrame:
+        """The rows of one cell (only those in ``state`` unless None), sorted by seed."""
+        rows = self.runs[self.runs["cell"] == cell]
+        if state is not None:
+            rows = rows[rows["state"] == state]
+        return rows.sort_values("seed")
+
+    def values(self, cell: str, column: str) -> dict[int, float]:
+        """seed -> value of ``column`` (e.g. ``metrics.final_accuracy``) over the complete runs of ``cell``."""
+        rows = self.cell_rows(cell)
+        if column not in rows.columns:
+            return {}
+        return {int(r["seed"]): float(r[column]) for _, r in rows.iterrows() if _is_set(r[column])}
+
+    def first(self, cell: str, column: str, default: Any = None) -> Any:
+        """``column`` of the cell's first complete run (params are the same for every seed)."""
+        rows = self.cell_rows(cell)
+        if rows.empty:
+            rows = self.cell_rows(cell, state=None)
+            rows = rows[rows["run_id"].notna()]
+        if rows.empty or column not in rows.columns:
+            return default
+        value = rows.iloc[0][column]
+        return value if _is_set(value) else default
+
+    def technique_set(self, cell: str) -> frozenset[str]:
+        label = self.first(cell, "techniques", "none")
+        return frozenset() if label in (None, "none", "") else frozenset(label.split(","))
+
+    def history(self, run_id: str | None) -> pd.DataFrame | None:
+        return self.histories.get(run_id) if run_id else None
+
+
+def _parents(tracker: Any) -> pd.DataFrame:
+    raw = tracker.search_runs(f"tags.`{ROLE_TAG}` = 'grid'")
+    if raw.empty:
+        return tidy_runs(raw)
+    return tidy_runs(raw.sort_values("start_time", ascending=False))
+
+
+def select_parents(tracker: Any, run_id: str | None = None, all_seeds: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """The parent run(s) to report on, newest first, and notes about the choice.
+
+    Args:
+        tracker: a ``Tracker`` (its experiment must exist).
+        run_id: a parent run id; default the newest parent run of the experiment.
+        all_seeds: also take every other parent of the same grid, profile and epoch scale.
+
+    Raises:
+        ReportError: no parent run, or ``run_id`` is not one.
+    """
+    where = f"experiment {tracker.experiment_name!r} of {tracker.uri}"
+    if tracker.find_experiment_id() is None:
+        raise ReportError(f"no experiment {tracker.experiment_name!r} in {tracker.uri}: run a grid first (run-grid)")
+    parents = _parents(tracker)
+    if parents.empty:
+        raise ReportError(f"no grid run in {where}: run `python -m sota_ablate run-grid` first")
+    if run_id:
+        chosen = parents[parents["run_id"] == run_id]
+        if chosen.empty:
+            hint = ""
+            child = tracker.search_runs(f"attributes.run_id = '{run_id}'")
+            if not child.empty and "tags.mlflow.parentRunId" in child.columns:
+                parent_id = child.iloc[0]["tags.mlflow.parentRunId"]
+                if _is_set(parent_id):
+                    hint = f"; it is a cell run, its grid run is {parent_id}"
+            raise ReportError(f"run {run_id} is not a grid run in {where}{hint}")
+        primary = chosen.iloc[0]
+    else:
+        primary = parents.iloc[0]
+    notes: list[str] = []
+    if not all_seeds:
+        return parents[parents["run_id"] == primary["run_id"]].reset_index(drop=True), notes
+
+    def key(row: pd.Series) -> tuple[Any, ...]:
+        return (row.get("tags.grid"), row.get("tags.profile"), row.get("params.epochs_scale"))
+
+    same = parents[[key(r) == key(primary) for _, r in parents.iterrows()]]
+    other_same_grid = parents[(parents["tags.grid"] == primary.get("tags.grid")) & ~parents["run_id"].isin(same["run_id"])]
+    if not other_same_grid.empty:
+        notes.append(
+            f"{len(other_same_grid)} other run(s) of grid {primary.get('tags.grid')!r} left out of the aggregation: "
+            "different profile or epoch scale."
+        )
+    data_cols = [c for c in same.columns if c.startswith("params.data.") and not c.endswith(("cache_hit", "seconds"))]
+    data_cols = [c for c in data_cols if not c.endswith("cache_folder")]
+    for col in data_cols:
+        if len({json.dumps(v, sort_keys=True, default=str) for v in same[col]}) > 1:
+            notes.append(f"the aggregated grid runs differ in `{col[len('params.') :]}`: their seeds saw different data.")
+    # the primary first, then the others newest first
+    same = pd.concat([same[same["run_id"] == primary["run_id"]], same[same["run_id"] != primary["run_id"]]])
+    return same.reset_index(drop=True), notes
+
+
+def _children(tracker: Any, parent_ids: list[str]) -> pd.DataFrame:
+    frames = [tracker.search_runs(f"tags.`mlflow.parentRunId` = '{pid}'") for pid in parent_ids]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return tidy_runs(pd.DataFrame())
+    return tidy_runs(pd.concat(frames, ignore_index=True))
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
+
+
+def choose_runs(children: pd.DataFrame, cells: list[str], seeds: list[int]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (cell, seed): complete runs first, then the newest; ``missing`` rows for the rest."""
+    notes: list[str] = []
+    rank = {"complete": 0, "running": 1, "incomplete": 2, "failed": 3, "killed": 4}
+    rows: list[pd.Series] = []
+    seen: set[tuple[str, int]] = set()
+    if not children.empty:
+        ordered = children.assign(
+            _rank=[rank.get(s, 9) for s in children["state"]],
+            _start=pd.to_datetime(children["start_time"], errors="coerce"),
+        ).sort_values(["_rank", "_start"], ascending=[True, False])
+        for _, row in ordered.iterrows():
+            key = (row["cell"], row["seed"])
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(row.drop(labels=["_rank", "_start"]))
+        duplicates = len(children) - len(rows)
+        if duplicates:
+            notes.append(f"{duplicates} older or superseded cell run(s) of the same cell and seed are not shown.")
+    for cell in cells:
+        for seed in seeds:
+            if (cell, seed) not in seen:
+                rows.append(pd.Series({"run_id": None, "cell": cell, "seed": seed, "state": "missing"}))
+    frame = pd.DataFrame(rows).reset_index(drop=True)
+    order = {c: i for i, c in enumerate(cells)}
+    frame["_order"] = [order.get(c, len(order)) for c in frame["cell"]]
+    frame = frame.sort_values(["_order", "cell", "seed"]).drop(columns="_order").reset_index(drop=True)
+    return frame, notes
+
+
+def histories(tracker: Any, run_ids: list[str], keys: tuple[str, ...] = HISTORY_KEYS) -> dict[str, pd.DataFrame]:
+    """run id -> frame of per-epoch metrics (index: step = global epoch)."""
+    out: dict[str, pd.DataFrame] = {}
+    for run_id in run_ids:
+        series = {}
+        for key in keys:
+            points = tracker.metric_history(run_id, key)
+            if points:
+                series[key] = pd.Series({step: value for step, value in points}, dtype=float)
+        frame = pd.DataFrame(series).sort_index()
+        frame.index.name = "epoch"
+        out[run_id] = frame
+    return out
+
+
+def collect(tracker: Any, run_id: str | None = None, all_seeds: bool = False) -> GridData:
+    """Everything the report needs about one grid, from MLflow.
+
+    Args:
+        tracker: a ``Tracker``.
+        run_id: the grid (parent) run; default the newest one in the experiment.
+        all_seeds: aggregate every parent run of the same grid (same profile and epoch scale).
+
+    Raises:
+        ReportError: nothing to report on.
+    """
+    parents, notes = select_parents(tracker, run_id, all_seeds)
+    primary = parents.iloc[0]
+    grid = primary.get("tags.grid") or primary.get("params.grid") or primary.get("run_name") or "grid"
+    cells: list[str] = []
+    seeds: set[int] = set()
+    for _, p in parents.iterrows():
+        cells += [c for c in _as_list(p.get("params.cells")) if c not in cells]
+        seeds |= {int(s) for s in _as_list(p.get("params.seeds"))}
+    children = _children(tracker, list(parents["run_id"]))
+    if not children.empty:
+        cells += [c for c in children["cell"].dropna().unique() if c not in cells]
+        seeds |= {int(s) for s in children["seed"].dropna()}
+    runs, more = choose_runs(children, cells, sorted(seeds))
+    notes += more
+    run_ids = [r for r in runs["run_id"] if _is_set(r)]
+    return GridData(
+        grid=str(grid),
+        parents=parents,
+        runs=runs,
+        cells=cells,
+        seeds=sorted(seeds),
+        histories=histories(tracker, run_ids),
+        notes=notes,
+    )

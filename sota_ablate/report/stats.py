@@ -1,0 +1,196 @@
+"""Statistics for the report: mean, sample std, Student-t 95% confidence intervals, differences between cells.
+
+Pure functions on plain numbers (no pandas, no scipy). Two cells are compared by a **paired** difference when
+both ran the same seeds (seed ``k`` shares the initialisation, data order and augmentation draws in both cells,
+so the per-seed differences cancel most of the seed-to-seed noise), otherwise by **Welch**'s unequal-variance
+t interval. With a single seed (or a single run on either side) there is no interval: the seed-to-seed spread
+is unknown.
+
+The t quantile comes from the regularised incomplete beta function (continued fraction, Numerical Recipes
+§6.4) inverted by bisection, so ``t_quantile(0.975, 4)`` = 2.776 without scipy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample standard deviation and t confidence interval of ``n`` values (std/CI NaN when n < 2)."""
+
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``a - b`` with its confidence interval.
+
+    Attributes:
+        delta: the mean difference (paired: mean of per-seed differences; Welch: difference of the means).
+        ci_low, ci_high: the interval (NaN when it cannot be computed).
+        n: pairs (paired), else the smaller of the two sample sizes.
+        method: ``"paired"``, ``"welch"`` or ``"none"`` (no interval: too few runs).
+        df: degrees of freedom of the t quantile (NaN for ``"none"``).
+    """
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    n: int
+    method: str
+    df: float
+
+    @property
+    def has_ci(self) -> bool:
+        return self.method != "none" and not math.isnan(self.ci_low)
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes zero."""
+        return self.has_ci and (self.ci_low > 0 or self.ci_high < 0)
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean; NaN for no values."""
+    values = list(values)
+    return math.fsum(values) / len(values) if values else math.nan
+
+
+def std(values: Sequence[float]) -> float:
+    """Sample standard deviation (n - 1 in the denominator); NaN for fewer than two values."""
+    values = list(values)
+    if len(values) < 2:
+        return math.nan
+    m = mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 3e-16
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t cumulative distribution function."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on ``t_cdf``)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary:
+    """Mean, std and the t interval of the mean (``mean +- t * std / sqrt(n)``), ignoring NaNs."""
+    values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(values)
+    m, s = mean(values), std(values)
+    if n < 2:
+        return Summary(n, m, s, math.nan, math.nan)
+    half = t_quantile(0.5 + confidence / 2, n - 1) * s / math.sqrt(n)
+    return Summary(n, m, s, m - half, m + half)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
+    """Mean of ``a[i] - b[i]`` and its t interval (n - 1 degrees of freedom)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples must have the same length ({len(a)} != {len(b)})")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    s = summarize(diffs, confidence)
+    if s.n < 2:
+        return Difference(s.mean, math.nan, math.nan, s.n, "none", math.nan)
+    return Difference(s.mean, s.ci_low, s.ci_high, s.n, "paired", float(s.n - 1))
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
+    """``mean(a) - mean(b)`` with Welch's interval (Welch-Satterthwaite degrees of freedom)."""
+    na, nb = len(a), len(b)
+    delta = mean(a) - mean(b)
+    if na < 2 or nb < 2:
+        return Difference(delta, math.nan, math.nan, min(na, nb), "none", math.nan)
+    va, vb = std(a) ** 2 / na, std(b) ** 2 / nb
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return Difference(delta, delta, delta, min(na, nb), "welch", float(na + nb - 2))
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    half = t_quantile(0.5 + confidence / 2, df) * se
+    return Difference(delta, delta - half, delta + half, min(na, nb), "welch", df)
+
+
+def compare(a: Mapping[int, float], b: Mapping[int, float], confidence: float = CONFIDENCE) -> Difference:
+    """``a - b`` for values keyed by seed: paired when both have the same seeds, else Welch.
+
+    Args:
+        a: seed -> value of the cell being measured.
+        b: seed -> value of the reference cell (the baseline).
+        confidence: the interval's coverage.
+    """
+    a = {k: float(v) for k, v in a.items() if v is not None and not math.isnan(float(v))}
+    b = {k: float(v) for k, v in b.items() if v is not None and not math.isnan(float(v))}
+    if not a or not b:
+        return Difference(math.nan, math.nan, math.nan, 0, "none", math.nan)
+    if set(a) == set(b):
+        seeds = sorted(a)
+        return paired_difference([a[s] for s in seeds], [b[s] for s in seeds], confidence)
+    return welch_difference(list(a.values()), list(b.values()), confidence)

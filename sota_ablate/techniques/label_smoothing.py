@@ -1,0 +1,47 @@
+"""label_smoothing: Rethinking the Inception Architecture (Szegedy et al. 2016, arXiv:1512.00567).
+
+fastai's ``LabelSmoothingCrossEntropy(eps=0.1)``: loss = (eps/C) sum_k -log p_k + (1 - eps) NLL, i.e. cross-entropy
+against targets (1 - eps) one_hot + eps / C (0.91 / 0.01 for 10 classes), equal to
+``F.cross_entropy(..., label_smoothing=eps)``. It is the loss for training AND validation, as in fastai, so
+valid_loss is not comparable with cells without it (accuracy is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from torch import Tensor
+
+from sota_ablate.config import ConfigError
+from sota_ablate.techniques.base import TECHNIQUES, Priority, Technique
+from sota_ablate.train.state import TrainState, soft_cross_entropy
+
+
+def smooth_targets(targets: Tensor, eps: float) -> Tensor:
+    """(1 - eps) * targets + eps / C."""
+    return targets * (1 - eps) + eps / targets.size(-1)
+
+
+def label_smoothing_cross_entropy(logits: Tensor, targets: Tensor, eps: float) -> Tensor:
+    return soft_cross_entropy(logits, smooth_targets(targets, eps))
+
+
+@TECHNIQUES.register("label_smoothing")
+@dataclass(frozen=True)
+class LabelSmoothing(Technique):
+    """Cross-entropy against smoothed targets."""
+
+    eps: float = 0.1
+
+    name = "label_smoothing"
+    summary = "cross-entropy against (1 - eps) one-hot + eps / C targets, eps 0.1"
+    source = "Szegedy et al., Rethinking the Inception Architecture (arXiv:1512.00567); fastai LabelSmoothingCE"
+    priority = Priority.LOSS_TARGETS
+
+    def validate(self) -> None:
+        if not 0 <= self.eps < 1:
+            raise ConfigError(f"label_smoothing.eps = {self.eps!r} is out of range: it must be in [0, 1).")
+
+    def setup(self, s: TrainState) -> None:
+        s.loss_fn = partial(label_smoothing_cross_entropy, eps=self.eps)

@@ -1,0 +1,1 @@
+"""Training: the one-cycle schedule, the optimizer, the loop and evaluation."""

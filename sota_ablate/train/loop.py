@@ -1,0 +1,186 @@
+"""The training loop: stages of fit_one_cycle, read top to bottom.
+
+One ``Stage`` is one fastai ``fit_one_cycle``; ``progressive`` plans a small-size stage and fastai's two
+``fine_tune`` stages. Per batch: one-cycle lr/beta1 set BEFORE the step from the global batch index within
+the stage (fastai's ParamScheduler), augment on the device, one-hot targets, technique hooks (mixup),
+autocast forward, loss in fp32, (scaled) backward, step. No per-batch host sync: the smoothed loss stays on
+the device until the epoch ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from sota_ablate.train.optim import reset_state, set_hyper
+from sota_ablate.train.schedule import OneCycle
+
+from sota_ablate.data import steps_per_epoch, train_batches
+from sota_ablate.techniques.base import Technique
+from sota_ablate.train.evaluate import EvalResult, evaluate
+from sota_ablate.train.state import Stage, TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+
+@dataclass
+class EpochRecord:
+    """One row of the epoch table, logged to MLflow with ``step = epoch``."""
+
+    epoch: int
+    stage: str
+    size: int
+    batch_size: int
+    train_loss: float
+    valid_loss: float
+    accuracy: float
+    epoch_time_s: float
+    train_time_s: float
+    images_per_s: float
+    lr: float
+
+
+class LoopObserver:
+    """Receives progress; the default does nothing (see ``progress.py`` and ``runner.py``)."""
+
+    def start(self, s: TrainState, total_steps: int, stages: Sequence[Stage]) -> None: ...
+
+    def batch(self) -> None: ...
+
+    def epoch(self, record: EpochRecord, result: EvalResult) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def plan_stages(techniques: Sequence[Technique], s: TrainState) -> list[Stage]:
+    """The recipe's stages: one fit_one_cycle, then whatever ``plan`` hooks make of it."""
+    cfg = s.cfg
+    stages = [
+        Stage(
+            name="train",
+            epochs=cfg.epochs,
+            size=cfg.size,
+            batch_size=cfg.batch_size,
+            lr_max=cfg.lr,
+            div=cfg.div,
+            div_final=cfg.div_final,
+            pct_start=cfg.pct_start,
+        )
+    ]
+    for tech in techniques:
+        stages = tech.plan(stages, cfg)
+    return stages
+
+
+def fit(
+    s: TrainState,
+    techniques: Sequence[Technique],
+    observer: LoopObserver | None = None,
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[TrainState], None] | None = None,
+) -> list[EpochRecord]:
+    """Train ``s.model`` through every stage; return one record per epoch.
+
+    Args:
+        s: the training state (model, optimizer, data, slots).
+        techniques: technique instances, already sorted by priority.
+        observer: progress display and logging.
+        start_epoch: skip the epochs before this global epoch index (for resuming from a checkpoint).
+        on_epoch_end: called after each epoch (checkpointing).
+    """
+    observer = observer or LoopObserver()
+    for tech in techniques:
+        tech.setup(s)
+    stages = plan_stages(techniques, s)
+    n_train = len(s.data.train)
+    n_classes = s.n_out
+    total_steps = sum(st.epochs * steps_per_epoch(n_train, st.batch_size) for st in stages)
+    observer.start(s, total_steps, stages)
+    records: list[EpochRecord] = []
+    epoch = 0
+    for stage in stages:
+        s.stage = stage
+        if stage.reset_optimizer:
+            reset_state(s.optimizer)  # fastai fine_tune: freeze()/unfreeze() clear the Adam state
+        steps = steps_per_epoch(n_train, stage.batch_size)
+        schedule = OneCycle(
+            total_steps=stage.epochs * steps,
+            lr_max=stage.lr_max,
+            div=stage.div,
+            div_final=stage.div_final,
+            pct_start=stage.pct_start,
+            moms=s.cfg.moms,
+        )
+        # fastai's Recorder: exponentially smoothed, debiased train loss, reset at each fit.
+        smooth = torch.zeros((), device=s.device)
+        count = 0
+        for stage_epoch in range(stage.epochs):
+            s.epoch = epoch
+            if epoch < start_epoch:
+                epoch += 1
+                continue
+            start = time.perf_counter()
+            s.model.train()
+            s.training = True
+            step_in_stage = stage_epoch * steps
+            lr = stage.lr_max
+            for x, y in train_batches(s.data.train, stage.batch_size, stage.size, s.cfg.augment):
+                lr, mom = schedule(step_in_stage)
+                set_hyper(s.optimizer, lr, mom)
+                s.x = s.normalize(x)
+                s.y = F.one_hot(y, n_classes).float()
+                for tech in techniques:
+                    tech.before_batch(s)
+                if s.channels_last:
+                    s.x = s.x.contiguous(memory_format=torch.channels_last)
+                with s.autocast():
+                    logits = s.model(s.x)
+                loss = s.loss_fn(logits.float(), s.y)
+                s.scaler.scale(loss).backward()
+                s.scaler.step(s.optimizer)
+                s.scaler.update()
+                s.optimizer.zero_grad(set_to_none=True)
+                smooth = torch.lerp(loss.detach().float(), smooth, 0.98)
+                count += 1
+                step_in_stage += 1
+                s.step += 1
+                observer.batch()
+            if s.device.type == "cuda":
+                torch.cuda.synchronize(s.device)
+            train_time = time.perf_counter() - start
+            train_loss = smooth.item() / (1 - 0.98**count)
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(
+                    f"the training loss is {train_loss} in epoch {epoch} ({stage.name}); lower the lr or check the data"
+                )
+            result = evaluate(s, stage.size, stage.batch_size)
+            elapsed = time.perf_counter() - start
+            record = EpochRecord(
+                epoch=epoch,
+                stage=stage.name,
+                size=stage.size,
+                batch_size=stage.batch_size,
+                train_loss=train_loss,
+                valid_loss=result.valid_loss,
+                accuracy=result.accuracy,
+                epoch_time_s=elapsed,
+                train_time_s=train_time,
+                images_per_s=steps * stage.batch_size / max(train_time, 1e-9),
+                lr=lr,
+            )
+            records.append(record)
+            observer.epoch(record, result)
+            if on_epoch_end is not None:
+                on_epoch_end(s)
+            epoch += 1
+    s.training = False
+    for tech in techniques:
+        tech.after_fit(s)
+    observer.finish()
+    return records

@@ -1,0 +1,81 @@
+"""The training state every technique hook receives, and the stages of a recipe.
+
+Slots are fields with no-op defaults that a technique's ``setup`` may replace (the nanoGPT/timm null-object
+pattern): the loop always calls ``s.autocast()``, ``s.scaler``, ``s.loss_fn`` and ``s.normalize`` and never asks
+which techniques are on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sota_ablate.config import TrainConfig
+from sota_ablate.data import ImageData
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``fit_one_cycle`` call: ``epochs`` at ``size`` with its own one-cycle schedule.
+
+    A plain recipe is one stage; ``progressive`` turns it into a small-size stage followed by fastai's
+    ``fine_tune`` (two stages that each reset the optimizer state).
+    """
+
+    name: str
+    epochs: int
+    size: int
+    batch_size: int
+    lr_max: float
+    div: float = 25.0
+    div_final: float = 1e5
+    pct_start: float = 0.25
+    reset_optimizer: bool = False
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy against soft targets, mean over the batch, computed in fp32.
+
+    With one-hot targets this is ``F.cross_entropy``; mixing or smoothing the targets is exactly fastai's
+    loss mixing and ``LabelSmoothingCrossEntropy`` because the loss is linear in the target.
+    """
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+@dataclass
+class TrainState:
+    """Everything the loop and the hooks share. Hooks write only here."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: ImageData
+    device: torch.device
+    # Slots (replaced by techniques in ``setup``).
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = soft_cross_entropy
+    normalize: Callable[[Tensor], Tensor] = _identity
+    dtype: str = "float32"
+    channels_last: bool = False
+    # Per batch.
+    x: Tensor | None = None
+    y: Tensor | None = None
+    training: bool = True
+    # Progress.
+    stage: Stage | None = None
+    epoch: int = 0
+    step: int = 0
+    n_out: int = 10  # model outputs (>= number of classes); the width of the one-hot targets
+    # Extra metrics techniques compute after training (e.g. ``tta_accuracy``).
+    final_metrics: dict[str, float] = field(default_factory=dict)
