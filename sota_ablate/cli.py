@@ -1,4 +1,4 @@
-"""Command line: ``python -m sota_ablate {run-grid,run,list-techniques,profiles}``."""
+"""Command line: ``python -m sota_ablate {run-grid,run,list-techniques,profiles,report}``."""
 
 from __future__ import annotations
 
@@ -135,7 +135,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="List every registered technique with its hyperparameters and source.",
     )
     sub.add_parser("profiles", help="the profiles and their settings", description="List the profiles.")
+    _add_report_parser(sub)
     return parser
+
+
+def _add_report_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write the markdown report of a grid from its MLflow runs",
+        description="Write reports/<grid>/README.md and its figures from a grid's MLflow runs (the newest grid "
+        "run by default), and log them to that grid run under report/.",
+    )
+    p.add_argument("--run-id", default=None, help="the grid (parent) run to report on (default: the newest)")
+    p.add_argument(
+        "--all-seeds",
+        action="store_true",
+        help="aggregate every grid run of the same grid, profile and epoch scale (seeds from several run-grid calls)",
+    )
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+    )
+    p.add_argument("--out", default="reports", help="reports folder; the report goes to <out>/<grid>/")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="dataset folder (train/<class>/*) for the normalization and mixup figures "
+        "(default: the grid run's recorded folder, if it exists here)",
+    )
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the grid run")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
 def list_techniques(out: Any = None) -> None:
@@ -242,7 +274,33 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+_MAIN_PID = os.getpid()
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sota_ablate.report import generate_report
+    from sota_ablate.tracking import Tracker, mask_uri, resolve_tracking_uri
+
+    tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    print(f"MLflow store: {mask_uri(tracker.uri)}  experiment: {tracker.experiment_name}")
+    readme = generate_report(
+        tracker,
+        run_id=args.run_id,
+        all_seeds=args.all_seeds,
+        out_dir=args.out,
+        data_path=args.data,
+        log_to_mlflow=not args.no_log,
+    )
+    print(f"report: {readme}")
+    return 0
+
+
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM ends a grid like Ctrl-C (runs marked KILLED); forked workers just die quietly."""
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise KeyboardInterrupt
 
 
@@ -255,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not debug:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines between the epoch rows
     if args.command == "list-techniques":
         list_techniques()
         return 0
@@ -265,12 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sota_ablate.data import DataError
     from sota_ablate.grid import GridError
     from sota_ablate.registry import UnknownNameError
+    from sota_ablate.report import ReportError
     from sota_ablate.tracking import TrackingError
 
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        return _run(args)
-    except (CliError, ConfigError, GridError, DataError, TrackingError, UnknownNameError) as err:
+        return _report(args) if args.command == "report" else _run(args)
+    except (CliError, ConfigError, GridError, DataError, ReportError, TrackingError, UnknownNameError) as err:
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -43,6 +43,7 @@ VOLATILE_DATA_KEYS = frozenset({"cache_hit", "cache_seconds", "cache_folder"})
 def data_identity(data: ImageData) -> dict[str, Any]:
     return {k: v for k, v in data.info.items() if k not in VOLATILE_DATA_KEYS}
 
+
 IMAGENETTE_NAMES = {
     "n01440764": "tench",
     "n02102040": "English springer",

@@ -51,8 +51,16 @@ def test_grid_lands_in_mlflow(grid_store):
     for col in ["tags.config_hash", "tags.git_commit", "tags.techniques", "tags.seed", "tags.grid"]:
         assert children[col].notna().all(), col
     assert (children["tags.sota_ablate.complete"] == "true").all()
-    for col in ["params.train.lr", "params.train.epochs", "params.train.model", "params.dtype",
-                "params.data.split", "params.data.n_train", "params.device", "params.profile"]:
+    for col in [
+        "params.train.lr",
+        "params.train.epochs",
+        "params.train.model",
+        "params.dtype",
+        "params.data.split",
+        "params.data.n_train",
+        "params.device",
+        "params.profile",
+    ]:
         assert children[col].notna().all(), col
     row = children[children["tags.cell"] == "fp16"].iloc[0]
     assert row["params.dtype"] == "bfloat16"

@@ -78,7 +78,7 @@ def test_overrides_and_seeds():
 def test_select_cells():
     grid = load_grid(ROOT / "ablations" / "chapter.toml")
     assert [c.name for c in grid.select(["mixup", "baseline"]).cells] == ["baseline", "mixup"]
-    with pytest.raises(GridError, match="unknown cell 'mixpu'.*Did you mean 'mixup'"):
+    with pytest.raises(GridError, match=r"unknown cell 'mixpu'.*Did you mean 'mixup'"):
         grid.select(["mixpu"])
 
 
@@ -91,8 +91,10 @@ def test_select_cells():
         ("name = 'x'\n[[cells]]\nname = 'a'\nsize = 0\n", r"size = 0 is out of range"),
         ("name = 'x'\n[[cells]]\nname = 'a'\nepochs = 'five'\n", r"epochs = 'five'.*wrong type"),
         ("name = 'x'\n[[cells]]\nname = 'a'\nlrr = 1e-3\n", r"unknown setting 'lrr'.*Did you mean 'lr'"),
-        ("name = 'x'\n[[cells]]\nname = 'a'\ntechniques = ['label_smoothing']\nlabel_smoothing = {eps = 1.5}\n",
-         r"label_smoothing.eps = 1.5 is out of range"),
+        (
+            "name = 'x'\n[[cells]]\nname = 'a'\ntechniques = ['label_smoothing']\nlabel_smoothing = {eps = 1.5}\n",
+            r"label_smoothing.eps = 1.5 is out of range",
+        ),
         ("name = 'x'\n[[cells]]\nname = 'a'\nmixup = {alpha = 0.2}\n", r"not among its techniques"),
         ("name = 'x'\n", r"no cells"),
         ("name = 'x'\nseeds = []\n[[cells]]\nname = 'a'\n", r"seeds must be a non-empty list"),

@@ -15,5 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ruff_check_and_format():
     lint = subprocess.run(["ruff", "check", "sota_ablate", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run(["ruff", "format", "--check", "sota_ablate", "tests"], cwd=ROOT, capture_output=True, text=True)
+    fmt = subprocess.run(
+        ["ruff", "format", "--check", "sota_ablate", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr

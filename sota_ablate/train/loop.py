@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from sota_ablate.train.optim import reset_state, set_hyper
-from sota_ablate.train.schedule import OneCycle
 
 from sota_ablate.data import steps_per_epoch, train_batches
 from sota_ablate.techniques.base import Technique
 from sota_ablate.train.evaluate import EvalResult, evaluate
+from sota_ablate.train.optim import reset_state, set_hyper
+from sota_ablate.train.schedule import OneCycle
 from sota_ablate.train.state import Stage, TrainState
 
 
