@@ -251,6 +251,7 @@ class Tracker:
 
     def read_artifact_text(self, run_id: str, path: str) -> str | None:
         """The text of a run's artifact, or None when the run has no such artifact."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bar per small file
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = self.client.download_artifacts(run_id, path, tmp)

@@ -84,8 +84,13 @@ def test_valid_pre_shrinks_with_area_like_fastai() -> None:
         F.interpolate(crop, scale_factor=0.25, mode="area"), size=(8, 8), mode="bilinear", align_corners=True
     )
     assert (out - reference).abs().mean() < 0.01
-    naive = F.interpolate(crop, size=(8, 8), mode="bilinear", align_corners=True)
-    assert out.shape == naive.shape
+
+    # One-pixel stripes: the area pre-shrink averages them to grey, where a plain bilinear resize would alias.
+    stripes = (torch.arange(96) % 2 * 255).expand(1, 3, 96, 96).to(torch.uint8).contiguous()
+    out = valid_transform(stripes, sizes, 8, presize=64)
+    assert torch.allclose(out, torch.full_like(out, 0.5), atol=0.02)
+    naive = F.interpolate(stripes[:, :, :64, 16:80].float() / 255, size=(8, 8), mode="bilinear", align_corners=True)
+    assert (naive - 0.5).abs().max() > 0.4
 
 
 def test_train_with_everything_off_equals_valid() -> None:

@@ -206,7 +206,7 @@ def test_batches_shapes_order_and_drop_last(image_folder: Path, tmp_path: Path) 
     assert not torch.equal(torch.cat([x for x, _ in tta]), again)  # augmented
 
 
-def test_too_few_images_for_a_batch(image_folder: Path, tmp_path: Path) -> None:
+def test_too_few_images_for_a_batch() -> None:
     with pytest.raises(DataError, match="no full batch of 64"):
         steps_per_epoch(10, 64)
 

@@ -284,7 +284,7 @@ def _resample(
     py = oy[:, None, None] + (ry + 1) * half
 
     # 5. Area pre-shrink (fastai's _grid_sample) when the square is downscaled by more than 2, then one sample.
-    x = images_u8.float()
+    x = images_u8.float()  # only this batch's canvases: the dataset stays uint8
     nominal = presize if presize is not None else min(canvas_h, canvas_w)
     shrink = nominal / (2 * size)
     if shrink > 1:
@@ -314,7 +314,8 @@ def _warp(qx: Tensor, qy: Tensor, warp_x: Tensor, warp_y: Tensor) -> tuple[Tenso
     batch = warp_x.shape[0]
     wx, wy = warp_x, warp_y
     one = torch.ones_like(wx)
-    orig = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], device=wx.device).expand(batch, 4, 2)
+    signs = ((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0))  # built on the device: no host-to-device copy
+    orig = torch.stack([torch.stack([sx * one, sy * one], dim=-1) for sx, sy in signs], dim=1)  # [B, 4, 2]
     targ = torch.stack(
         [
             torch.stack([-1 - wy, -1 - wx], dim=-1),

@@ -147,10 +147,13 @@ def build_cache(items: Items | Sequence[Item], cfg: DataConfig, root: Path | Non
 
 
 def _write_cache(items: list[Item], root: Path, cfg: DataConfig, folder: Path) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
     paths = [path for path, _ in items]
     workers = min(cfg.n_workers(), len(items))
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    except OSError as error:
+        raise _unwritable(folder, error) from error
     try:
         with _Workers(workers if len(items) > _INLINE_MAX else 1) as pool:
             probed = list(pool.imap(_decode.probe, paths, chunksize=64))
@@ -211,12 +214,16 @@ def _write_cache(items: list[Item], root: Path, cfg: DataConfig, folder: Path) -
             if not (folder / "images.npy").is_file():  # another process may have finished the same cache
                 raise
     except OSError as error:
-        raise DataError(
-            f"cannot write the image cache under {folder.parent} ({error}): free some disk space or set "
-            "SOTA_ABLATE_CACHE (or data.cache_dir) to a writable folder."
-        ) from error
+        raise _unwritable(folder, error) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _unwritable(folder: Path, error: OSError) -> DataError:
+    return DataError(
+        f"cannot write the image cache under {folder.parent} ({error}): free some disk space or set "
+        "SOTA_ABLATE_CACHE (or data.cache_dir) to a writable folder."
+    )
 
 
 def _decode_error(bad: list[tuple[str, str]]) -> DataError:

@@ -71,7 +71,10 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
     if raw.empty:
         return pd.DataFrame(columns=["run_id", "parent_id", "run_name", "cell", "seed", "techniques", "state"])
     out = pd.DataFrame(index=raw.index)
-    tag = lambda name: raw[name] if name in raw.columns else pd.Series([None] * len(raw), index=raw.index)  # noqa: E731
+
+    def tag(name: str) -> pd.Series:
+        return raw[name] if name in raw.columns else pd.Series([None] * len(raw), index=raw.index)
+
     out["run_id"] = raw["run_id"]
     out["parent_id"] = tag("tags.mlflow.parentRunId")
     out["run_name"] = tag("tags.mlflow.runName")
@@ -106,6 +109,8 @@ class GridData:
         seeds: the seeds asked for, sorted.
         histories: run id -> per-epoch frame (index: 0-based global epoch; columns from ``HISTORY_KEYS``).
         notes: remarks from collecting (parents left out of an aggregation, duplicate runs, ...).
+        planned: cell -> techniques from the grid file logged with the grid run (for cells without runs).
+        description: the grid file's description.
     """
 
     grid: str
@@ -115,6 +120,8 @@ class GridData:
     seeds: list[int]
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    planned: dict[str, frozenset[str]] = field(default_factory=dict)
+    description: str = ""
 
     @property
     def parent(self) -> pd.Series:
@@ -154,6 +161,9 @@ class GridData:
         return value if _is_set(value) else default
 
     def technique_set(self, cell: str) -> frozenset[str]:
+        """The cell's techniques: from its runs' ``techniques`` tag, else from the grid file."""
+        if self.first(cell, "run_id") is None:
+            return self.planned.get(cell, frozenset())
         label = self.first(cell, "techniques", "none")
         return frozenset() if label in (None, "none", "") else frozenset(label.split(","))
 
@@ -206,7 +216,9 @@ def select_parents(tracker: Any, run_id: str | None = None, all_seeds: bool = Fa
         return (row.get("tags.grid"), row.get("tags.profile"), row.get("params.epochs_scale"))
 
     same = parents[[key(r) == key(primary) for _, r in parents.iterrows()]]
-    other_same_grid = parents[(parents["tags.grid"] == primary.get("tags.grid")) & ~parents["run_id"].isin(same["run_id"])]
+    other_same_grid = parents[
+        (parents["tags.grid"] == primary.get("tags.grid")) & ~parents["run_id"].isin(same["run_id"])
+    ]
     if not other_same_grid.empty:
         notes.append(
             f"{len(other_same_grid)} other run(s) of grid {primary.get('tags.grid')!r} left out of the aggregation: "
@@ -216,7 +228,9 @@ def select_parents(tracker: Any, run_id: str | None = None, all_seeds: bool = Fa
     data_cols = [c for c in data_cols if not c.endswith("cache_folder")]
     for col in data_cols:
         if len({json.dumps(v, sort_keys=True, default=str) for v in same[col]}) > 1:
-            notes.append(f"the aggregated grid runs differ in `{col[len('params.') :]}`: their seeds saw different data.")
+            notes.append(
+                f"the aggregated grid runs differ in `{col[len('params.') :]}`: their seeds saw different data."
+            )
     # the primary first, then the others newest first
     same = pd.concat([same[same["run_id"] == primary["run_id"]], same[same["run_id"] != primary["run_id"]]])
     return same.reset_index(drop=True), notes
@@ -282,7 +296,26 @@ def histories(tracker: Any, run_ids: list[str], keys: tuple[str, ...] = HISTORY_
     return out
 
 
-def collect(tracker: Any, run_id: str | None = None, all_seeds: bool = False) -> GridData:
+def grid_plan(tracker: Any, parent: pd.Series) -> tuple[dict[str, frozenset[str]], str]:
+    """(cell -> techniques, description) from the grid file the grid run logged (``grid/<file>``), if readable."""
+    import tomllib
+
+    grid_file = parent.get("params.grid_file")
+    if not isinstance(grid_file, str) or grid_file.startswith("<"):
+        return {}, ""
+    text = tracker.read_artifact_text(str(parent["run_id"]), f"grid/{grid_file.replace(chr(92), '/').split('/')[-1]}")
+    if not text:
+        return {}, ""
+    try:
+        from sota_ablate.grid import parse_grid
+
+        grid = parse_grid(tomllib.loads(text), source=grid_file)
+    except Exception as err:  # an old or hand-edited grid file: the report works without it
+        return {}, f"(grid file not readable: {err})"
+    return {c.name: frozenset(c.techniques) for c in grid.cells}, grid.description
+
+
+def collect_grid(tracker: Any, run_id: str | None = None, all_seeds: bool = False) -> GridData:
     """Everything the report needs about one grid, from MLflow.
 
     Args:
@@ -298,8 +331,10 @@ def collect(tracker: Any, run_id: str | None = None, all_seeds: bool = False) ->
     grid = primary.get("tags.grid") or primary.get("params.grid") or primary.get("run_name") or "grid"
     cells: list[str] = []
     seeds: set[int] = set()
+    # grid order: the longest cell list first (a --cells selection is a subset of the grid's order)
+    for cell_list in sorted((_as_list(p.get("params.cells")) for _, p in parents.iterrows()), key=len, reverse=True):
+        cells += [c for c in cell_list if c not in cells]
     for _, p in parents.iterrows():
-        cells += [c for c in _as_list(p.get("params.cells")) if c not in cells]
         seeds |= {int(s) for s in _as_list(p.get("params.seeds"))}
     children = _children(tracker, list(parents["run_id"]))
     if not children.empty:
@@ -308,6 +343,7 @@ def collect(tracker: Any, run_id: str | None = None, all_seeds: bool = False) ->
     runs, more = choose_runs(children, cells, sorted(seeds))
     notes += more
     run_ids = [r for r in runs["run_id"] if _is_set(r)]
+    planned, description = grid_plan(tracker, primary)
     return GridData(
         grid=str(grid),
         parents=parents,
@@ -316,4 +352,6 @@ def collect(tracker: Any, run_id: str | None = None, all_seeds: bool = False) ->
         seeds=sorted(seeds),
         histories=histories(tracker, run_ids),
         notes=notes,
+        planned=planned,
+        description=description,
     )

@@ -76,6 +76,16 @@ def cell_histories(data: GridData, cell: str, key: str) -> list[pd.Series]:
     return out
 
 
+def _integer_epochs(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2g} s" if value < 1 else f"{value:.1f} s"
+
+
 def _curves(ax: Any, data: GridData, key: str, colours: Mapping[str, str], cells: Sequence[str]) -> bool:
     drew = False
     for cell in cells:
@@ -89,6 +99,7 @@ def _curves(ax: Any, data: GridData, key: str, colours: Mapping[str, str], cells
         mean = frame.mean(axis=1)
         ax.plot(mean.index + 1, mean.values, "o-", ms=3, color=colours[cell], lw=1.8, label=cell)
         drew = True
+    _integer_epochs(ax)
     return drew
 
 
@@ -193,16 +204,16 @@ def plot_progressive(data: GridData, cell: str, baseline: str | None) -> Any:
                 ax.axvline(x, color="grey", ls="--", lw=1)
                 ax.text(
                     x + 0.05,
-                    0.02,
+                    0.9,
                     f"{int(size.iloc[epoch - 1])} px -> {int(size.iloc[epoch])} px",
                     transform=ax.get_xaxis_transform(),
                     fontsize=8,
                     color="grey",
                 )
         for epoch, value in size.items():
-            ax.annotate(f"{int(value)}", (epoch + 1, 0.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+            ax.annotate(f"{int(value)}", (epoch + 1, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -10),
                         textcoords="offset points", ha="center", fontsize=7, color=colours[cell])  # fmt: skip
-    ax.set_xlabel("epoch (numbers at the bottom: training image size in px)")
+    ax.set_xlabel("epoch (numbers at the top: training image size in px)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"progressive resizing: accuracy by epoch across the size switch ({cell})")
     ax.grid(alpha=0.3)
@@ -226,7 +237,10 @@ def plot_tta(data: GridData, cells: Sequence[str]) -> Any:
             if hist is not None and {"epoch_time_s", "train_time_s"} <= set(hist.columns) and len(hist):
                 last = hist.iloc[-1]
                 valid_time.append(float(last["epoch_time_s"] - last["train_time_s"]))
-        for offset, values, colour, label in ((-width / 2, plain, "#888888", "plain"), (width / 2, tta, "#2ca02c", "TTA")):
+        for offset, values, colour, label in (
+            (-width / 2, plain, "#888888", "plain"),
+            (width / 2, tta, "#2ca02c", "TTA"),
+        ):
             if values:
                 mean = sum(values) / len(values)
                 ax_acc.bar(i + offset, mean, width, color=colour, label=label if i == 0 else None)
@@ -238,7 +252,7 @@ def plot_tta(data: GridData, cells: Sequence[str]) -> Any:
             if values:
                 mean = sum(values) / len(values)
                 ax_time.bar(i + offset, mean, width, color=colour, label=label if i == 0 else None)
-                ax_time.text(i + offset, mean, f"{mean:.1f}s", ha="center", va="bottom", fontsize=8)
+                ax_time.text(i + offset, mean, _seconds(mean), ha="center", va="bottom", fontsize=8)
     for ax in (ax_acc, ax_time):
         ax.set_xticks(range(len(cells)), cells)
         ax.grid(axis="y", alpha=0.3)

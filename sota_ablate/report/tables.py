@@ -38,6 +38,20 @@ PUBLISHED_RECIPES: dict[frozenset[str], tuple[tuple[str, str], ...]] = {
     ALL_TECHNIQUES: ((REPLICATION, "all_224_fp16"),),
 }
 SOURCE_LABEL = {BOOK: "book", REPLICATION: "repl."}
+PUBLISHED_RECIPE_TEXT = {
+    "baseline": "after 5 epochs at 224 px",
+    "baseline_fp32": "after 5 epochs at 224 px",
+    "baseline_fp16": "after 5 epochs at 224 px, fp16",
+    "normalize": "after 5 epochs at 224 px",
+    "normalize_fp16": "after 5 epochs at 224 px, fp16",
+    "progressive_224": "after 4 epochs at 128 px, then fine_tune 1 + 5 at 224 px",
+    "progressive_224_fp16": "after 4 epochs at 128 px, then fine_tune 1 + 5 at 224 px, fp16",
+    "progressive_tta": "with TTA on the progressive-resizing model",
+    "progressive_tta_fp16": "with TTA on the progressive-resizing model, fp16",
+    "mixup_15ep_128_fp16": "after 15 epochs at 128 px, fp16",
+    "label_smoothing_15ep_128_fp16": "after 15 epochs at 128 px, fp16",
+    "all_224_fp16": "after 15 epochs at 128 px, then fine_tune 1 + 10 at 224 px, fp16 (no TTA)",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,6 +208,13 @@ def _mean_of(values: dict[int, float]) -> float:
     return stats.mean(list(values.values()))
 
 
+def technique_label(techniques: frozenset[str]) -> str:
+    """Comma-separated in the canonical order (as the runs' ``techniques`` tag); ``none`` for the baseline."""
+    order = ["fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing"]
+    ordered = [t for t in order if t in techniques] + sorted(t for t in techniques if t not in order)
+    return ",".join(ordered) or "none"
+
+
 def status_text(data: GridData, cell: str) -> tuple[str, bool]:
     """(``complete`` | ``2/3 seeds; 1 failed`` | ``missing`` ..., whether every expected seed completed)."""
     rows = data.cell_rows(cell, state=None)
@@ -240,7 +261,7 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
             CellSummary(
                 cell=cell,
                 techniques=techniques,
-                label=data.first(cell, "techniques", "-") if data.first(cell, "run_id") else "-",
+                label=technique_label(techniques),
                 recipe=stage_recipe(stages, fallback),
                 epochs=total_epochs(stages, fallback[0]),
                 status=status,
@@ -299,10 +320,7 @@ def summary_rows(summaries: Sequence[CellSummary], baseline: str | None) -> list
         name, acc = f"`{s.cell}`", format_accuracy(s.accuracy)
         if s.cell == best:
             name, acc = f"**{name}**", f"**{acc}**"
-        if s.cell == baseline:
-            diff = "(reference)"
-        else:
-            diff = format_difference(s.difference)
+        diff = "(reference)" if s.cell == baseline else format_difference(s.difference)
         status = s.status if s.complete else f"⚠ {s.status}"
         rows.append(
             [
@@ -360,12 +378,14 @@ def epoch_table_markdown(history: pd.DataFrame, stages: Any = None) -> str:
     return pipe_table(header, rows, align="r" * 5 + "l" * (len(header) - 5))
 
 
-def published_epoch_markdown(source: str, recipe: str) -> str:
-    """A published recipe's epoch table (the book's printed output)."""
-    df = published_epochs(source, recipe)
-    rows = [
-        [str(int(r["epoch"])), f"{r['train_loss']:.6f}", f"{r['valid_loss']:.6f}", f"{r['accuracy']:.6f}", r["time"]]
-        for _, r in df.iterrows()
-        if not pd.isna(r["epoch"])
-    ]
-    return pipe_table(["epoch", "train_loss", "valid_loss", "accuracy", "time"], rows, align="rrrrr")
+def published_epoch_markdown(source: str, *recipes: str) -> str:
+    """Published recipes' epoch tables as printed (several recipes: one after the other, with a recipe column)."""
+    rows = []
+    for recipe in recipes:
+        for _, r in published_epochs(source, recipe).iterrows():
+            if pd.isna(r["epoch"]):
+                continue
+            row = [str(int(r["epoch"])), f"{r['train_loss']:.6f}", f"{r['valid_loss']:.6f}", f"{r['accuracy']:.6f}"]
+            rows.append([*row, r["time"], *([recipe] if len(recipes) > 1 else [])])
+    header = ["epoch", "train_loss", "valid_loss", "accuracy", "time"] + (["recipe"] if len(recipes) > 1 else [])
+    return pipe_table(header, rows, align="rrrrr" + "l" * (len(header) - 5))
