@@ -1,10 +1,11 @@
-"""Command line: ``python -m sota_ablate {run-grid,run,list-techniques,profiles,report}``."""
+"""Command line: ``python -m sota_ablate {run-grid,run,list-techniques,profiles,report,ui}``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 import tomllib
@@ -103,10 +104,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     t.add_argument("--log-model", action="store_true", help="also log each cell's model weights")
-    t.add_argument(
+    r = t.add_mutually_exclusive_group()
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this grid's last run (the default, also without the flag): skip finished cells, continue "
+        "an interrupted cell from its last finished epoch in the same MLflow run",
+    )
+    r.add_argument(
         "--force",
         action="store_true",
         help="start a new grid run even if this grid already has a (partly) finished one",
+    )
+    t.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        metavar="DIR",
+        help="epoch checkpoints of unfinished cells (default: checkpoints/ next to a sqlite store, else ./checkpoints)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar (epoch tables still print)")
     t.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -126,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(p)
     p.add_argument("--cells", default=None, help="only these cells, comma-separated (e.g. baseline,mixup)")
+    _add_executor_options(p)
     p = sub.add_parser("run", help="train one cell of a grid", description="Train one cell of a grid.")
     p.add_argument("--cell", required=True, help="the cell's name in the grid file, e.g. baseline")
     _add_run_options(p)
@@ -136,7 +151,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("profiles", help="the profiles and their settings", description="List the profiles.")
     _add_report_parser(sub)
+    p = sub.add_parser(
+        "ui",
+        help="the MLflow UI for the runs, on 127.0.0.1",
+        description="Start the MLflow UI (mlflow server) on 127.0.0.1 for the store run-grid uses, print its URL, "
+        "and stop it on Ctrl-C. For an http(s):// store (a tracking server) print its address instead.",
+    )
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0: any free port)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return parser
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where cells run")
+    g.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one cell after another in this process (default); ray: every cell x seed a Ray task "
+        "(pip install -e '.[ray]'), all logging to the same tracking store",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="with --executor ray: auto (the cluster this node joined with `ray start`) or ray://host:port; "
+        "default: $RAY_ADDRESS, else the cluster `ray start` runs here, else a new local Ray instance",
+    )
+    g.add_argument("--cpus-per-cell", type=float, default=None, help="CPUs Ray reserves per cell (default 1)")
+    g.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=None,
+        help="GPUs Ray reserves per cell (default: 1 if the cluster has GPUs, else 0)",
+    )
+    g.add_argument(
+        "--max-retries", type=int, default=2, help="reruns of a cell whose Ray worker process died (default 2)"
+    )
 
 
 def _add_report_parser(sub: Any) -> None:
@@ -222,7 +278,8 @@ def _run(args: argparse.Namespace) -> int:
     from sota_ablate.runner import RunOptions, run_grid
     from sota_ablate.tracking import Tracker, resolve_tracking_uri
 
-    device = _device(args.device)
+    executor = _executor(args)
+    device = _device(args.device) if executor is None else executor.device(args.device)
     if args.profile is None:
         name, why = default_profile(device.type == "cuda")
         print(f"profile: {name} ({why}; choose with --profile)")
@@ -262,16 +319,45 @@ def _run(args: argparse.Namespace) -> int:
         epochs_scale=args.epochs_scale,
         log_model=args.log_model,
         force=args.force,
+        checkpoint_dir=args.checkpoint_dir,
         progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),
         overrides=_parse_sets(args.set),
     )
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
-    outcome = run_grid(grid, opts, tracker, seeds=_parse_seeds(args.seeds))
+    try:
+        outcome = run_grid(grid, opts, tracker, seeds=_parse_seeds(args.seeds), executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     if outcome.failed:
         names = ", ".join(f"{o.cell} (seed {o.seed}): {o.error}" for o in outcome.failed)
         print(f"{len(outcome.failed)} cell run(s) failed: {names}", file=sys.stderr)
         return 1
     return 0
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """The RayExecutor for ``--executor ray``, None for local."""
+    if getattr(args, "executor", "local") != "ray":
+        return None
+    from sota_ablate.executors.ray import RayExecutor, RaySettings
+
+    return RayExecutor(
+        RaySettings(
+            address=args.ray_address,
+            cpus_per_cell=args.cpus_per_cell,
+            gpus_per_cell=args.gpus_per_cell,
+            max_retries=args.max_retries,
+        )
+    )
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from sota_ablate.tracking import resolve_tracking_uri, serve_ui
+
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port {args.port}: use 1-65535, or 0 for any free port")
+    return serve_ui(resolve_tracking_uri(args.tracking_uri), port=args.port)
 
 
 _MAIN_PID = os.getpid()
@@ -293,6 +379,15 @@ def _report(args: argparse.Namespace) -> int:
     )
     print(f"report: {readme}")
     return 0
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that continues an interrupted ``run-grid``/``run``: the same arguments without ``--force``
+    (which would start yet another grid run), passwords in URIs masked."""
+    from sota_ablate.tracking import mask_uri
+
+    args = [mask_uri(a) for a in argv if a != "--force"]
+    return shlex.join(["python", "-m", "sota_ablate", *args])
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
@@ -323,23 +418,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from sota_ablate.config import ConfigError
     from sota_ablate.data import DataError
+    from sota_ablate.executors import ExecutorError
     from sota_ablate.grid import GridError
     from sota_ablate.registry import UnknownNameError
     from sota_ablate.report import ReportError
-    from sota_ablate.tracking import TrackingError
+    from sota_ablate.tracking import TrackingError, mask_uri
+    from sota_ablate.train.checkpoint import CheckpointError
 
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
+        if args.command == "ui":
+            return _ui(args)
         return _report(args) if args.command == "report" else _run(args)
-    except (CliError, ConfigError, GridError, DataError, ReportError, TrackingError, UnknownNameError) as err:
+    except (
+        CliError,
+        ConfigError,
+        GridError,
+        DataError,
+        ExecutorError,
+        ReportError,
+        TrackingError,
+        UnknownNameError,
+        CheckpointError,
+    ) as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_uri(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        if args.command in ("run-grid", "run"):
+            print(
+                "interrupted; to continue from the last finished epoch, run:\n  "
+                + resume_command(sys.argv[1:] if argv is None else argv),
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -54,8 +54,8 @@ class TrainConfig:
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    def validate(self) -> None:
-        """Raise ConfigError for values no training run can use."""
+    def validate(self, where: str = "") -> None:
+        """Raise ConfigError for values no training run can use (``where``: where they came from, e.g. ``--set``)."""
         checks: list[tuple[str, bool, str]] = [
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("size", self.size >= 8, "an integer >= 8 (pixels)"),
@@ -66,12 +66,21 @@ class TrainConfig:
             ("div", self.div > 0, "a positive number"),
             ("div_final", self.div_final > 0, "a positive number"),
             ("n_out", self.n_out is None or self.n_out >= 2, "an integer >= 2 (or unset: the number of classes)"),
-            ("eps", self.eps > 0, "a positive number"),
+            ("eps", 0 < self.eps < 1, "a number in (0, 1), like 1e-5"),
+            ("sqr_mom", 0 <= self.sqr_mom < 1, "a number in [0, 1), like 0.99"),
+            ("moms", len(self.moms) == 3 and all(0 <= m < 1 for m in self.moms), "three numbers in [0, 1)"),
             ("augment.min_scale", 0 < self.augment.min_scale <= 1, "a number in (0, 1]"),
+            ("augment.min_zoom", 0 < self.augment.min_zoom <= self.augment.max_zoom, "in (0, augment.max_zoom]"),
+            ("augment.max_rotate", 0 <= self.augment.max_rotate <= 180, "a number of degrees in [0, 180]"),
+            ("augment.max_warp", 0 <= self.augment.max_warp < 1, "a number in [0, 1)"),
+            ("augment.max_lighting", 0 <= self.augment.max_lighting < 1, "a number in [0, 1)"),
+            ("augment.p_affine", 0 <= self.augment.p_affine <= 1, "a probability in [0, 1]"),
+            ("augment.p_lighting", 0 <= self.augment.p_lighting <= 1, "a probability in [0, 1]"),
         ]
+        src = f" (from {where})" if where else ""
         for key, ok, allowed in checks:
             if not ok:
-                raise ConfigError(f"{key} = {_get(self, key)!r} is out of range: it must be {allowed}.")
+                raise ConfigError(f"{key} = {_get(self, key)!r}{src} is out of range: it must be {allowed}.")
 
 
 def _get(obj: Any, dotted: str) -> Any:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from sota_ablate.techniques import create_techniques, technique_names
 GENERATORS = ("one_at_a_time", "all", "leave_one_out", "factorial")
 TOP_LEVEL_KEYS = ("name", "description", "seeds", "generate", "techniques", "defaults", "cells", "overrides")
 CELL_KEYS = ("name", "techniques", "description")
+# Grid and cell names end up in file and folder names (reports/<grid>/, run names): no separators, no "..".
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 
 
 class GridError(ValueError):
@@ -136,6 +139,15 @@ def generate_cells(mode: str, techniques: Sequence[str]) -> list[Cell]:
     raise GridError(f"unknown generator {mode!r}; use one of: {', '.join(GENERATORS)}")
 
 
+def check_name(name: str, what: str, source: str) -> None:
+    """Raise GridError unless ``name`` is safe in a file name (letters, digits, ``_ . + -``; no path parts)."""
+    if not SAFE_NAME.fullmatch(name):
+        raise GridError(
+            f"{source}: {what} {name!r} is not allowed: use letters, digits and _ . + - (starting with a letter or "
+            "digit, at most 100 characters), since it becomes part of file and folder names."
+        )
+
+
 def _check_keys(keys: Iterable[str], allowed: Sequence[str], where: str) -> None:
     for k in keys:
         if k not in allowed:
@@ -172,6 +184,9 @@ def parse_grid(data: dict[str, Any], source: str = "<grid>") -> Grid:
     if not cells:
         raise GridError(f'{source}: no cells; add [[cells]] tables or generate = "one_at_a_time"')
     per_cell = data.get("overrides", {})
+    check_name(str(name), "grid name" if "name" in data else "grid name (from the file name; set name = ...)", source)
+    for c in cells:
+        check_name(c.name, "cell name", source)
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -14,13 +14,17 @@ import json
 import logging
 import os
 import re
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +42,27 @@ def resolve_tracking_uri(cli_uri: str | None = None) -> str:
 
 
 def mask_uri(uri: str) -> str:
-    """Hide a password in ``scheme://user:password@host`` so it never reaches logs or params."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", uri)
+    """Hide a password in ``scheme://user:password@host`` so it never reaches logs or params.
+
+    Works on any text (error messages, tracebacks): every ``://user:password@`` in it is masked, also when
+    the password itself contains ``@`` or ``:``.
+    """
+    return re.sub(r"(://[^:/@\s]+:)[^/\s]*@", r"\1***@", uri)
+
+
+def local_store_folder(uri: str) -> Path | None:
+    """The folder of a ``sqlite:///path/to/mlflow.db`` store (relative paths: from the working directory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path).expanduser().absolute().parent
+
+
+def default_checkpoint_dir(uri: str) -> Path:
+    """``checkpoints/`` next to a sqlite store, else ``checkpoints/`` in the working directory."""
+    return (local_store_folder(uri) or Path.cwd()) / "checkpoints"
 
 
 def git_commit() -> str:
@@ -66,29 +89,32 @@ def _stringify(value: Any) -> str:
     if isinstance(value, tuple | list):
         value = list(value)
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:MAX_PARAM_LENGTH]
+    return mask_uri(text)[:MAX_PARAM_LENGTH]
 
 
 class Run:
     """An open MLflow run, addressed by id."""
 
-    def __init__(self, tracker: Tracker, run_id: str, system_metrics: bool = False) -> None:
+    def __init__(self, tracker: Tracker, run_id: str, system_metrics: bool = False, resumed: bool = False) -> None:
         self.tracker = tracker
         self.run_id = run_id
+        self.resumed = resumed  # reopened to continue: params it already has are kept (MLflow params are immutable)
         self._monitor: Any = None
         if system_metrics:
-            self._start_system_metrics()
+            self._start_system_metrics(resumed)
 
     @property
     def client(self) -> Any:
         return self.tracker.client
 
-    def _start_system_metrics(self) -> None:
+    def _start_system_metrics(self, resumed: bool = False) -> None:
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
             interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"))
-            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, tracking_uri=self.tracker.uri)
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=interval, tracking_uri=self.tracker.uri, resume_logging=resumed
+            )
             self._monitor.start()
         except Exception as err:  # system metrics are a nicety: never fail a run for them
             log.warning("system metrics disabled: %s", err)
@@ -97,6 +123,9 @@ class Run:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
+        if self.resumed:
+            present = self.client.get_run(self.run_id).data.params
+            params = {k: v for k, v in params.items() if k not in present}
         items = [Param(k, _stringify(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
@@ -113,6 +142,17 @@ class Run:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, _stringify(v)) for k, v in tags.items()])
+
+    def delete_tags(self, keys: Sequence[str]) -> None:
+        """Remove tags (those the run does not have are ignored)."""
+        present = self.client.get_run(self.run_id).data.tags
+        for key in keys:
+            if key in present:
+                self.client.delete_tag(self.run_id, key)
+
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which metric ``key`` was logged."""
+        return {step for step, _ in self.tracker.metric_history(self.run_id, key)}
 
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
@@ -165,16 +205,32 @@ class Tracker:
         return self._client
 
     def check(self, timeout_s: float = 5.0) -> None:
-        """Fail fast (seconds, not minutes) if the store cannot be reached, before any training starts."""
+        """Fail fast (seconds, not minutes) if the store cannot be reached, before any training starts.
+
+        Also checks that a local artifact location (a sqlite store's ``mlartifacts/``, any ``file:`` location)
+        can be written.
+        """
         saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout_s)))
         try:
+            folder = local_store_folder(self.uri)
+            if folder is not None:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise TrackingError(
+                        f"cannot create the folder {folder} of the MLflow store {mask_uri(self.uri)} "
+                        f"({err.strerror or err}): pass --tracking-uri sqlite:///<a writable folder>/mlflow.db."
+                    ) from None
             self.experiment_id()
+        except TrackingError:
+            raise
         except Exception as err:
+            first = str(err).splitlines()[0][:300] if str(err) else ""
             raise TrackingError(
                 f"cannot use the MLflow tracking store {mask_uri(self.uri)}: {type(err).__name__}: "
-                f"{str(err).splitlines()[0][:300] if str(err) else ''}. Start the server, fix --tracking-uri / "
+                f"{mask_uri(first)}. Start the server, fix --tracking-uri / "
                 "MLFLOW_TRACKING_URI, or omit both to use sqlite:///mlflow.db in this folder."
             ) from None
         finally:
@@ -183,12 +239,34 @@ class Tracker:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+        self._check_artifact_location()
+
+    def _check_artifact_location(self) -> None:
+        from urllib.parse import unquote, urlparse
+
+        location = self.client.get_experiment(self.experiment_id()).artifact_location or ""
+        parsed = urlparse(location)
+        if parsed.scheme not in ("", "file"):
+            return  # a server or cloud store: checked by the first artifact upload
+        folder = Path(unquote(parsed.path) if parsed.scheme else location)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise TrackingError(
+                f"the artifact location {mask_uri(location)} of experiment {self.experiment_name!r} is not "
+                f"writable ({err.strerror or err}): make it writable, or use another --experiment or --tracking-uri."
+            ) from None
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment_name)
             if exp is None:
-                self._experiment_id = self.client.create_experiment(self.experiment_name)
+                # A sqlite store keeps its artifacts next to the database, never in ./mlruns of the cwd.
+                folder = local_store_folder(self.uri)
+                location = (folder / "mlartifacts").as_uri() if folder is not None else None
+                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
             else:
                 if exp.lifecycle_stage == "deleted":
                     raise TrackingError(
@@ -211,6 +289,21 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent.run_id
         run = self.client.create_run(self.experiment_id(), run_name=name, tags=all_tags)
         return Run(self, run.info.run_id, system_metrics=system_metrics)
+
+    def reopen_run(self, run_id: str, system_metrics: bool = False) -> Run:
+        """Set a terminated (or stale RUNNING) run back to RUNNING to continue logging to it."""
+        self.client.update_run(run_id, status="RUNNING")
+        return Run(self, run_id, system_metrics=system_metrics, resumed=True)
+
+    def run_status(self, run_id: str) -> tuple[str, dict[str, str]] | None:
+        """(status, tags) of a run of this experiment, or None when there is no such (live) run."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST
+            return None
+        if run.info.experiment_id != self.experiment_id() or run.info.lifecycle_stage == "deleted":
+            return None
+        return run.info.status, dict(run.data.tags)
 
     @contextmanager
     def run(self, name: str, **kwargs: Any):
@@ -263,3 +356,163 @@ class Tracker:
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Every file of ``local_dir`` as artifacts of a run (finished or not), under ``artifact_path``."""
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def fail_running_children(
+        self,
+        parent_run_id: str,
+        reason: str,
+        status: str = "FAILED",
+        cell: str | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """End the RUNNING child runs of a grid run (only those of ``cell`` and ``seed`` when given) with
+        ``status`` and a ``sota_ablate.failure`` tag: runs whose process died and so never ended them."""
+        df = self.search_runs(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'")
+        if df.empty:
+            return []
+        for column, value in (("tags.cell", cell), ("tags.seed", None if seed is None else str(seed))):
+            if value is not None:
+                df = df[df[column] == value] if column in df else df.iloc[0:0]
+        ids = [str(r) for r in df["run_id"]]
+        for run_id in ids:
+            self.client.set_tag(run_id, "sota_ablate.failure", reason[:5000])
+            self.client.set_terminated(run_id, status=status)
+        return ids
+
+    def artifact_location(self) -> str:
+        """Where the experiment's runs put their artifacts (``mlflow-artifacts:/...`` when a server proxies them)."""
+        return str(self.client.get_experiment(self.experiment_id()).artifact_location)
+
+
+# The tracking server and UI: ``mlflow server`` as a child process.
+
+
+def is_server_uri(uri: str) -> bool:
+    """True for ``http(s)://`` tracking URIs (a tracking server) rather than a database or file store."""
+    return uri.split(":", 1)[0].lower() in ("http", "https")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def server_command(
+    backend_uri: str,
+    port: int,
+    host: str = "127.0.0.1",
+    artifacts_destination: str | None = None,
+    workers: int = 1,
+) -> list[str]:
+    """``mlflow server`` serving ``backend_uri`` (and proxying artifacts to ``artifacts_destination``)."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
+    cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    if artifacts_destination:
+        cmd += ["--artifacts-destination", artifacts_destination]
+    return cmd
+
+
+def server_env() -> dict[str, str]:
+    """The environment for ``mlflow server``: no job-execution workers (2 processes and ~6 s to start, not ~15)."""
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def start_server(
+    backend_uri: str,
+    port: int,
+    host: str = "127.0.0.1",
+    artifacts_destination: str | None = None,
+    timeout_s: float = 120.0,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """Start ``mlflow server`` in its own process group and return once it answers ``/health``.
+
+    Stop it with ``stop_server``. Raises TrackingError if it exits or does not answer within ``timeout_s``.
+    """
+    cmd = server_command(backend_uri, port, host, artifacts_destination)
+    die = _die_with_parent if sys.platform == "linux" else None
+    proc = subprocess.Popen(cmd, env=server_env(), start_new_session=True, preexec_fn=die, **popen)
+    url = f"http://{host}:{port}/health"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise TrackingError(f"mlflow server for {mask_uri(backend_uri)} exited ({proc.returncode}) at start")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return proc
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TrackingError(f"mlflow server on {host}:{port} did not answer within {timeout_s:.0f} s")
+            time.sleep(0.25)
+    except BaseException:  # Ctrl-C included: never leave a server behind
+        stop_server(proc)
+        raise
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before exec (Linux): SIGTERM when the process that started it dies, so a killed
+    ``ui`` command or test run leaves no server behind (its own session shields it from their signals)."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """SIGTERM to the server's process group (its workers too), SIGKILL after ``timeout_s``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
+
+
+def serve_ui(uri: str, port: int = 5000, out: IO[str] | None = None) -> int:
+    """The MLflow UI for store ``uri`` on 127.0.0.1:``port`` (0: any free port) until Ctrl-C; returns 0.
+
+    A tracking server (``http(s)://``) already is a UI: its address is printed and nothing is started.
+    """
+    out = out or sys.stdout
+    if is_server_uri(uri):
+        print(f"{mask_uri(uri)} is a tracking server: its UI is at that address (nothing to start)", file=out)
+        return 0
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if not db.is_file():
+            raise TrackingError(
+                f"no MLflow store at {db.resolve()}: run the ui command in the folder where run-grid ran, or pass "
+                "--tracking-uri (or set MLFLOW_TRACKING_URI)"
+            )
+    if port == 0:
+        port = free_port()
+    elif not port_is_free(port):
+        raise TrackingError(f"port {port} on 127.0.0.1 is in use: pass --port N, or --port 0 for any free port")
+    proc = start_server(uri, port)
+    print(f"MLflow UI for {mask_uri(uri)}: http://127.0.0.1:{port}  (Ctrl-C stops it)", file=out, flush=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        stop_server(proc)
+        print("MLflow UI stopped", file=out, flush=True)
+        return 0
+    raise TrackingError(f"the MLflow UI server exited unexpectedly (status {proc.returncode})")

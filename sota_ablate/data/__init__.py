@@ -26,6 +26,7 @@ from sota_ablate.data.loader import (
     load_data,
     steps_per_epoch,
     train_batches,
+    train_loader,
     tta_batches,
     valid_batches,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "sample_params",
     "steps_per_epoch",
     "train_batches",
+    "train_loader",
     "train_transform",
     "tta_batches",
     "valid_batches",

@@ -114,25 +114,31 @@ class AugmentParams:
         return AugmentParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
-def sample_params(batch: int, aug: AugmentConfig, device: torch.device | str = "cpu") -> AugmentParams:
-    """Draw the per-image augmentation parameters of a batch from the global torch RNG of ``device``.
+def sample_params(
+    batch: int, aug: AugmentConfig, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> AugmentParams:
+    """Draw the per-image augmentation parameters of a batch from the torch RNG of ``device``.
 
     Args:
         batch: number of images.
         aug: the augmentation settings.
         device: where to draw (and keep) the parameters; the images' device.
+        generator: a generator on ``device`` (default: the global one).
 
     Returns:
         The parameters (see ``AugmentParams``).
     """
 
+    def rand() -> Tensor:
+        return torch.rand(batch, device=device, generator=generator)
+
     def uniform(low: float, high: float) -> Tensor:
-        return torch.rand(batch, device=device) * (high - low) + low
+        return rand() * (high - low) + low
 
     def masked(value: Tensor, p: float, neutral: float) -> Tensor:
-        return torch.where(torch.rand(batch, device=device) < p, value, torch.full_like(value, neutral))
+        return torch.where(rand() < p, value, torch.full_like(value, neutral))
 
-    flip = torch.rand(batch, device=device) < (0.5 if aug.do_flip else 0.0)
+    flip = rand() < (0.5 if aug.do_flip else 0.0)
     angle = masked(uniform(-aug.max_rotate, aug.max_rotate), aug.p_affine, 0.0) * (math.pi / 180)
     zoom = masked(uniform(aug.min_zoom, aug.max_zoom), aug.p_affine, 1.0)
     zoom_x, zoom_y = uniform(0, 1), uniform(0, 1)
@@ -168,6 +174,8 @@ def train_transform(
     aug: AugmentConfig,
     presize: int | None = None,
     params: AugmentParams | None = None,
+    generator: torch.Generator | None = None,
+    canvas: tuple[int, int] | None = None,
 ) -> Tensor:
     """fastai's training pipeline (``Resize`` random square + ``aug_transforms``) on a batch, one resample.
 
@@ -178,16 +186,19 @@ def train_transform(
         aug: the augmentation settings.
         presize: the cache's short side, which sets the area pre-shrink; default ``min(H, W)`` (exact for
             square data, an over-estimate otherwise).
-        params: explicit draws (tests, replay); default ``sample_params(B, aug, images_u8.device)``.
+        params: explicit draws (tests, replay); default ``sample_params(B, aug, images_u8.device, generator)``.
+        generator: the generator to draw from (default: the global one of the images' device).
+        canvas: ``(H, W)`` of the original canvases when ``images_u8`` is their ``preshrink(..., size)``
+            (float16); ``sizes`` still refers to the original canvases.
 
     Returns:
         ``float32 [B, 3, size, size]`` in [0, 1].
     """
     _check(images_u8, sizes, size)
     if params is None:
-        params = sample_params(images_u8.shape[0], aug, images_u8.device)
+        params = sample_params(images_u8.shape[0], aug, images_u8.device, generator)
     warp = aug.max_warp > 0 and aug.p_affine > 0
-    out = _resample(images_u8, sizes, size, presize, params, centre=False, warp=warp)
+    out = _resample(images_u8, sizes, size, presize, params, centre=False, warp=warp, canvas=canvas)
     if aug.max_lighting > 0 and aug.p_lighting > 0:
         out = _lighting(out, params.brightness, params.contrast)
     return out
@@ -236,6 +247,47 @@ def _check(images_u8: Tensor, sizes: Tensor, size: int) -> None:
         raise ValueError(f"size must be >= 2 pixels; got {size}")
 
 
+def shrunk_shape(canvas_h: int, canvas_w: int, size: int, presize: int | None = None) -> tuple[int, int]:
+    """The canvas shape after fastai's area pre-shrink for output ``size`` (the canvas' own when none applies).
+
+    fastai (``_grid_sample``) first shrinks with ``mode='area'`` when the crop is downscaled by more than 2; here
+    the nominal factor ``presize / (2 * size)`` is used for the whole batch (``presize`` default: the canvas'
+    short side).
+    """
+    nominal = presize if presize is not None else min(canvas_h, canvas_w)
+    shrink = nominal / (2 * size)
+    if shrink <= 1:
+        return canvas_h, canvas_w
+    return max(2, int(canvas_h / shrink)), max(2, int(canvas_w / shrink))
+
+
+def preshrink(images_u8: Tensor, size: int, presize: int | None = None, chunk: int = 256) -> Tensor:
+    """The area pre-shrink of ``train_transform`` done once for a whole set, kept in float16.
+
+    The pre-shrink is the same for every draw, so a CPU training set is shrunk once per image size and then
+    only sampled (``train_transform(..., canvas=...)``): on two cores the per-batch pooling cost as much as the
+    rest of the augmentation. float16 holds the pooled values (0-255) within 0.0625, far below one grey level;
+    uint8 would round by up to 0.5.
+
+    Args:
+        images_u8: ``uint8 [N, 3, H, W]`` canvases.
+        size: the output size it is for.
+        presize: the cache's short side (see ``train_transform``).
+        chunk: images per float32 working copy.
+
+    Returns:
+        ``float16 [N, 3, h, w]`` with ``(h, w) = shrunk_shape(H, W, size, presize)``; ``images_u8`` itself when
+        no pre-shrink applies.
+    """
+    out_h, out_w = shrunk_shape(*images_u8.shape[-2:], size, presize)
+    if (out_h, out_w) == tuple(images_u8.shape[-2:]):
+        return images_u8
+    out = torch.empty((images_u8.shape[0], 3, out_h, out_w), dtype=torch.float16, device=images_u8.device)
+    for start in range(0, images_u8.shape[0], chunk):
+        out[start : start + chunk] = F.adaptive_avg_pool2d(images_u8[start : start + chunk].float(), (out_h, out_w))
+    return out
+
+
 def _resample(
     images_u8: Tensor,
     sizes: Tensor,
@@ -244,72 +296,108 @@ def _resample(
     p: AugmentParams,
     centre: bool,
     warp: bool,
+    canvas: tuple[int, int] | None = None,
 ) -> Tensor:
-    """Build each image's grid (output → crop → affine → warp → reflect → canvas) and sample once."""
+    """Build each image's grid (output → crop → affine → warp → reflect → canvas) and sample once.
+
+    Everything before the reflection is one homography per image (crop and ``Flip · Rotate · Zoom`` are affine,
+    the warp is projective), composed on ``[B]`` coefficients and evaluated on the ``[B, S, S]`` grid as three
+    planes; the reflection and the map to the canvas' grid coordinates follow. ``canvas``: the shape of the
+    canvases ``sizes`` refers to when ``images_u8`` was already pre-shrunk (``preshrink``).
+    """
     device = images_u8.device
-    canvas_h, canvas_w = images_u8.shape[-2:]
+    in_h, in_w = images_u8.shape[-2:]
+    canvas_h, canvas_w = canvas if canvas is not None else (in_h, in_w)
     heights, widths = sizes[:, 0].to(device, torch.float32), sizes[:, 1].to(device, torch.float32)
     side = torch.minimum(heights, widths)  # the Resize square, in canvas pixels
 
-    # 1. Output pixel -> normalised coordinate in the square, through the random-resized crop (align_corners).
+    # 1. Output pixel (t in [0, 1] along each axis) -> normalised square coordinate, through the random-resized
+    #    crop (align_corners): xs = ax + b * t_col, ys = ay + b * t_row.
     t = torch.linspace(0.0, 1.0, size, device=device)
     crop = torch.sqrt(p.crop_area) * side  # crop side in square pixels (ratio 1)
     x0, y0 = p.crop_x * (side - crop), p.crop_y * (side - crop)
-    scale = ((crop - 1) / (side - 1))[:, None]
-    xs = ((2 * x0 / (side - 1))[:, None] + 2 * t * scale - 1)[:, None, :]  # [B, 1, S]: varies along columns
-    ys = ((2 * y0 / (side - 1))[:, None] + 2 * t * scale - 1)[:, :, None]  # [B, S, 1]: varies along rows
+    b = 2 * (crop - 1) / (side - 1)
+    ax, ay = 2 * x0 / (side - 1) - 1, 2 * y0 / (side - 1) - 1
 
-    # 2. Affine Flip · Rotate · Zoom (fastai's matrix order), applied to the coordinates.
+    # 2. Affine Flip · Rotate · Zoom (fastai's matrix order) composed with the crop: q = P · (t_col, t_row, 1).
     cos, sin = torch.cos(p.angle), torch.sin(p.angle)
     s = 1.0 / p.zoom
     tx, ty = (1 - s) * (2 * p.zoom_x - 1), (1 - s) * (2 * p.zoom_y - 1)
     fx = torch.where(p.flip, -1.0, 1.0)
     m00, m01, m02 = fx * cos * s, fx * sin * s, fx * (cos * tx + sin * ty)
     m10, m11, m12 = -sin * s, cos * s, -sin * tx + cos * ty
-    qx = m00[:, None, None] * xs + m01[:, None, None] * ys + m02[:, None, None]
-    qy = m10[:, None, None] * xs + m11[:, None, None] * ys + m12[:, None, None]
+    qx = (m00 * b, m01 * b, m00 * ax + m01 * ay + m02)
+    qy = (m10 * b, m11 * b, m10 * ax + m11 * ay + m12)
 
-    # 3. Perspective warp of the sampling coordinates (fastai's _WarpCoord), then reflection into the square.
+    # 3. Perspective warp of the sampling coordinates (fastai's _WarpCoord), composed the same way.
     if warp:
-        qx, qy = _warp(qx, qy, p.warp_x, p.warp_y)
-    rx, ry = _reflect(qx), _reflect(qy)
+        h = _warp_coefficients(p.warp_x, p.warp_y)
+        nx = tuple(h[0] * u + h[1] * v for u, v in zip(qx, qy, strict=True))
+        ny = tuple(h[3] * u + h[4] * v for u, v in zip(qx, qy, strict=True))
+        den = tuple(h[6] * u + h[7] * v for u, v in zip(qx, qy, strict=True))
+        nx, ny = (nx[0], nx[1], nx[2] + h[2]), (ny[0], ny[1], ny[2] + h[5])
+        d = _plane(t, den[0], den[1], den[2] + 1)
+        gx, gy = _plane(t, *nx).div_(d), _plane(t, *ny).div_(d)
+    else:
+        gx, gy = _plane(t, *qx), _plane(t, *qy)
 
-    # 4. Square -> canvas pixels; the square sits at a random (train) or centred (valid) offset.
+    # 4. Reflection into the square (fastai's padding), then square -> canvas pixels -> grid_sample coordinates
+    #    of the (pre-shrunk) canvas, one multiply-add per axis. The square sits at a random (train) or centred
+    #    (valid) offset.
     if centre:
         ox, oy = torch.floor((widths - side) / 2), torch.floor((heights - side) / 2)
     else:
         ox, oy = p.square_x * (widths - side), p.square_y * (heights - side)
-    half = ((side - 1) / 2)[:, None, None]
-    px = ox[:, None, None] + (rx + 1) * half
-    py = oy[:, None, None] + (ry + 1) * half
+    out_h, out_w = shrunk_shape(canvas_h, canvas_w, size, presize)
+    kx, ky = out_w / canvas_w, out_h / canvas_h  # canvas pixel centres -> shrunk pixel centres
+    half = (side - 1) / 2
+    grid = torch.stack(
+        [
+            _reflect_(gx).mul_((half * kx * 2 / (out_w - 1))[:, None, None]),
+            _reflect_(gy).mul_((half * ky * 2 / (out_h - 1))[:, None, None]),
+        ],
+        dim=-1,
+    )
+    grid[..., 0] += (((ox + half + 0.5) * kx - 0.5) * 2 / (out_w - 1) - 1)[:, None, None]
+    grid[..., 1] += (((oy + half + 0.5) * ky - 0.5) * 2 / (out_h - 1) - 1)[:, None, None]
 
     # 5. Area pre-shrink (fastai's _grid_sample) when the square is downscaled by more than 2, then one sample.
-    x = images_u8.float()  # only this batch's canvases: the dataset stays uint8
-    nominal = presize if presize is not None else min(canvas_h, canvas_w)
-    shrink = nominal / (2 * size)
-    if shrink > 1:
-        out_h, out_w = max(2, int(canvas_h / shrink)), max(2, int(canvas_w / shrink))
+    x = images_u8.float()  # only this batch's canvases: the dataset stays uint8 (or preshrink's float16)
+    if (in_h, in_w) != (out_h, out_w):
+        if canvas is not None:
+            raise ValueError(f"pre-shrunk canvases are {in_h}x{in_w}; size {size} needs {out_h}x{out_w}")
         x = F.adaptive_avg_pool2d(x, (out_h, out_w))
-        px = (px + 0.5) * (out_w / canvas_w) - 0.5  # pixel centres of the shrunk canvas
-        py = (py + 0.5) * (out_h / canvas_h) - 0.5
-        canvas_h, canvas_w = out_h, out_w
-    grid = torch.stack([px * (2 / (canvas_w - 1)) - 1, py * (2 / (canvas_h - 1)) - 1], dim=-1)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out.mul_(1 / 255).clamp_(0.0, 1.0)
 
 
-def _reflect(v: Tensor) -> Tensor:
-    """Reflect normalised coordinates into [-1, 1] (grid_sample's reflection with align_corners=True)."""
-    t = torch.remainder(v + 1, 4.0)
-    return torch.where(t > 2, 4 - t, t) - 1
+def _plane(t: Tensor, c_col: Tensor, c_row: Tensor, c0: Tensor) -> Tensor:
+    """``c_col * t[col] + c_row * t[row] + c0`` per image: ``[B]`` coefficients -> ``[B, S, S]``, one full pass."""
+    return (c_col[:, None] * t + c0[:, None])[:, None, :] + (c_row[:, None] * t)[:, :, None]
+
+
+def _reflect_(v: Tensor) -> Tensor:
+    """Reflect normalised coordinates into [-1, 1] in place: ``1 - |((v + 1) mod 4) - 2|``."""
+    return v.add_(1).remainder_(4).sub_(2).abs_().neg_().add_(1)
 
 
 def _warp(qx: Tensor, qy: Tensor, warp_x: Tensor, warp_y: Tensor) -> tuple[Tensor, Tensor]:
+    """fastai's perspective warp applied to coordinates ``qx``, ``qy`` (``[B, ...]``); see ``_warp_coefficients``."""
+    h = [c.reshape(-1, *([1] * (qx.dim() - 1))) for c in _warp_coefficients(warp_x, warp_y)]
+    den = h[6] * qx + h[7] * qy + 1
+    return (h[0] * qx + h[1] * qy + h[2]) / den, (h[3] * qx + h[4] * qy + h[5]) / den
+
+
+def _warp_coefficients(warp_x: Tensor, warp_y: Tensor) -> list[Tensor]:
     """fastai's perspective warp: the homography that maps the moved corners back onto the square's corners.
 
     Corners (-1,-1), (-1,1), (1,-1), (1,1) move to (-1-y, -1-x), (-1+y, 1+x), (1+y, -1+x), (1-y, 1-x) with
     x = ``warp_x`` and y = ``warp_y``; the 8 coefficients solve fastai's ``find_coeffs(orig, targ)`` system and
-    are applied to the coordinates as in ``apply_perspective``.
+    map a point as in ``apply_perspective``: ``((h0 x + h1 y + h2) / d, (h3 x + h4 y + h5) / d)`` with
+    ``d = h6 x + h7 y + 1``.
+
+    Returns:
+        The 8 coefficients, each ``[B]``.
     """
     batch = warp_x.shape[0]
     wx, wy = warp_x, warp_y
@@ -335,14 +423,10 @@ def _warp(qx: Tensor, qy: Tensor, warp_x: Tensor, warp_y: Tensor) -> tuple[Tenso
     a = torch.stack(rows, dim=1)  # [B, 8, 8]
     b = orig.reshape(batch, 8, 1)
     h = torch.linalg.solve_ex(a, b)[0][..., 0]  # no error check: no host sync (the system is never singular)
-    h = [h[:, k, None, None] for k in range(8)]
-    den = h[6] * qx + h[7] * qy + 1
-    return (h[0] * qx + h[1] * qy + h[2]) / den, (h[3] * qx + h[4] * qy + h[5]) / den
+    return list(h.unbind(dim=1))
 
 
 def _lighting(x: Tensor, brightness: Tensor, contrast: Tensor) -> Tensor:
-    """fastai's lighting: ``sigmoid((logit(x) + logit(brightness)) * contrast)``, brightness first."""
-    x = x.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS)
-    b = brightness.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS)
-    shift = torch.log(b / (1 - b))[:, None, None, None]
-    return torch.sigmoid((torch.log(x / (1 - x)) + shift) * contrast[:, None, None, None])
+    """fastai's lighting: ``sigmoid((logit(x) + logit(brightness)) * contrast)``, brightness first, in place."""
+    shift = torch.logit(brightness, _LOGIT_EPS)[:, None, None, None]
+    return torch.logit(x, _LOGIT_EPS).add_(shift).mul_(contrast[:, None, None, None]).sigmoid_()

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class CachedImages:
         labels: ``int64 [N]``.
         keys: relative path of each image (the cache's identity).
         folder: the cache folder.
+        bad: relative path -> error of the images that could not be decoded (their rows are blank; skip them).
         hit: True when the cache was loaded rather than built.
         seconds: time spent building or loading.
     """
@@ -65,6 +66,7 @@ class CachedImages:
     folder: Path
     hit: bool
     seconds: float
+    bad: dict[str, str] = field(default_factory=dict)
 
     @property
     def canvas(self) -> int:
@@ -124,6 +126,8 @@ def build_cache(items: Items | Sequence[Item], cfg: DataConfig, root: Path | Non
         _write_cache(items, root, cfg, folder)
     images = np.load(folder / "images.npy", mmap_mode="c")  # copy-on-write: writable for torch, never saved
     sizes = np.load(folder / "sizes.npy")
+    bad_file = folder / "bad.json"
+    bad = json.loads(bad_file.read_text()) if bad_file.is_file() else {}
     if images.shape[0] != len(items) or sizes.shape != (len(items), 2):
         raise DataError(f"the cache {folder} does not match the dataset: delete the folder so that it is rebuilt.")
     seconds = time.perf_counter() - start
@@ -143,6 +147,7 @@ def build_cache(items: Items | Sequence[Item], cfg: DataConfig, root: Path | Non
         folder=folder,
         hit=hit,
         seconds=seconds,
+        bad=bad,
     )
 
 
@@ -157,14 +162,14 @@ def _write_cache(items: list[Item], root: Path, cfg: DataConfig, folder: Path) -
     try:
         with _Workers(workers if len(items) > _INLINE_MAX else 1) as pool:
             probed = list(pool.imap(_decode.probe, paths, chunksize=64))
-            bad = [(path, h) for path, h in zip(paths, probed, strict=True) if isinstance(h, str)]
-            if bad:
-                raise _decode_error(bad)
-            headers = [h for h in probed if not isinstance(h, str)]
+            # Unreadable images are skipped (their rows stay blank, listed in bad.json) up to max_bad_fraction.
+            bad = {i: h for i, h in enumerate(probed) if isinstance(h, str)}
+            check_unreadable([(paths[i], e) for i, e in bad.items()], len(items), cfg.max_bad_fraction)
+            headers = [(1, 1) if isinstance(h, str) else h for h in probed]
             cap = round(cfg.presize * cfg.max_aspect)
             targets = [_decode.target_size(w, h, cfg.presize, cap) for w, h in headers]
-            canvas = max(max(w, h) for w, h in targets)
-            n_squashed = sum(max(w, h) / min(w, h) > cfg.max_aspect for w, h in headers)
+            canvas = max(max(w, h) for i, (w, h) in enumerate(targets) if i not in bad)
+            n_squashed = sum(max(w, h) / min(w, h) > cfg.max_aspect for i, (w, h) in enumerate(headers) if i not in bad)
             if n_squashed:
                 logger.info(
                     "%d images are longer than max_aspect %.2f: squashed to a %d px long side",
@@ -185,19 +190,26 @@ def _write_cache(items: list[Item], root: Path, cfg: DataConfig, folder: Path) -
             )
             array = np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(len(items), 3, canvas, canvas))
             del array  # workers write through their own maps of the same file
-            tasks = [(str(file), i, path, w, h) for i, (path, (w, h)) in enumerate(zip(paths, targets, strict=True))]
-            errors: list[tuple[str, str]] = []
-            progress = tqdm(total=len(tasks), desc="decoding", unit="img", mininterval=1.0, dynamic_ncols=True)
+            tasks = [
+                (str(file), i, path, w, h)
+                for i, (path, (w, h)) in enumerate(zip(paths, targets, strict=True))
+                if i not in bad
+            ]
+            progress = tqdm(
+                total=len(tasks), desc="decoding", unit="img", mininterval=1.0, dynamic_ncols=True, disable=None
+            )
             with progress:
                 for index, error in pool.imap_unordered(_decode.write_one, tasks, chunksize=16):
                     if error is not None:
-                        errors.append((paths[index], error))
+                        bad[index] = error
                     progress.update(1)
             _decode.release()
-            if errors:
-                raise _decode_error(errors)
-        sizes = np.array([(h, w) for w, h in targets], dtype=np.int32)
+            check_unreadable([(paths[i], e) for i, e in sorted(bad.items())], len(items), cfg.max_bad_fraction)
+        sizes = np.array([(0, 0) if i in bad else (h, w) for i, (w, h) in enumerate(targets)], dtype=np.int32)
         np.save(staging / "sizes.npy", sizes)
+        if bad:
+            unreadable = {relative_key(paths[i], root): error for i, error in sorted(bad.items())}
+            (staging / "bad.json").write_text(json.dumps(unreadable, indent=1))
         meta: dict[str, Any] = {
             "format": CACHE_FORMAT,
             "n": len(items),
@@ -226,10 +238,15 @@ def _unwritable(folder: Path, error: OSError) -> DataError:
     )
 
 
-def _decode_error(bad: list[tuple[str, str]]) -> DataError:
-    listed = "; ".join(f"{path} ({error})" for path, error in bad[:5])
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    return DataError(f"cannot decode {len(bad)} image(s): {listed}{more}. Remove or replace these files.")
+def check_unreadable(bad: Sequence[tuple[str, str]], n: int, max_fraction: float) -> None:
+    """Raise DataError naming the files when more than ``max_fraction`` of the ``n`` images (or all) are bad."""
+    if bad and (len(bad) > max_fraction * n or len(bad) >= n):
+        listed = "; ".join(f"{path} ({error})" for path, error in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(
+            f"cannot decode {len(bad)} of {n} image(s), more than the {max_fraction:.0%} that are skipped: "
+            f"{listed}{more}. Remove or replace these files."
+        )
 
 
 class _Workers:

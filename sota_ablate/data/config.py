@@ -50,6 +50,9 @@ class DataConfig:
         cache_dir: where the decoded uint8 cache is stored (default ``$SOTA_ABLATE_CACHE`` or
             ``~/.cache/sota_ablate/cache``).
         workers: decode processes for building the cache; 0 means ``os.cpu_count()``.
+        max_bad_fraction: unreadable images (corrupt, truncated, empty files) are skipped, with a warning and
+            ``bad_images`` in the data info, while they are at most this fraction of the images; beyond it, the
+            data is refused with a DataError naming them.
     """
 
     source: str = "imagenette"
@@ -63,6 +66,7 @@ class DataConfig:
     valid_per_class: int | None = None
     presize: int = 460
     max_aspect: float = 1.5
+    max_bad_fraction: float = 0.05
     cache_dir: str | None = None
     workers: int = 0
 
@@ -87,6 +91,7 @@ class DataConfig:
             ("presize", self.presize >= 8, "an integer >= 8 (pixels)"),
             ("max_aspect", self.max_aspect >= 1.0, "a number >= 1"),
             ("workers", self.workers >= 0, "an integer >= 0 (0 = one per CPU)"),
+            ("max_bad_fraction", 0.0 <= self.max_bad_fraction < 1.0, "a number in [0, 1)"),
         ]
         for key, ok, allowed in checks:
             if not ok:

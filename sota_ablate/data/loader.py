@@ -7,12 +7,17 @@ whole batches on the device (``augment.py``). No host syncs: the loop may run ah
 
 Validation is deterministic, so its transformed images are computed once per size and kept on the device as
 uint8 (a rounding of at most 0.5/255 per pixel): evaluation then costs one uint8 → float conversion per batch.
+On a CPU the training set's area pre-shrink (also deterministic) is likewise done once per size (float16).
+On CUDA the training batches are prepared one or two ahead in a background thread on a side stream
+(``train_loader``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sota_ablate.data.augment import AugmentConfig, train_transform, valid_transform
-from sota_ablate.data.cache import build_cache
+from sota_ablate.data.augment import AugmentConfig, preshrink, train_transform, valid_transform
+from sota_ablate.data.cache import build_cache, check_unreadable
 from sota_ablate.data.config import DataConfig
 from sota_ablate.data.errors import DataError
-from sota_ablate.data.sources import list_items, relative_key
+from sota_ablate.data.sources import Item, Items, list_items, relative_key
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class ImageSet:
     paths: list[str]
     presize: int | None = None
     _valid_cache: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _shrunk: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -95,9 +101,10 @@ def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
     # One cache for the union, sorted by relative path: both splits and every split seed share it.
     union = sorted(items.train + items.valid, key=lambda item: relative_key(item[0], items.root))
     cached = build_cache(union, cfg, items.root)
+    train, valid = _skip_unreadable(items, cached.bad, cfg.max_bad_fraction)
     row = {key: i for i, key in enumerate(cached.keys)}
     sets = []
-    for split in (items.train, items.valid):
+    for split in (train, valid):
         rows = [row[relative_key(path, items.root)] for path, _ in split]
         sets.append(
             ImageSet(
@@ -110,9 +117,10 @@ def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
         )
     info: dict[str, Any] = {
         **cfg.identity(),
-        "n_train": len(items.train),
-        "n_valid": len(items.valid),
+        "n_train": len(train),
+        "n_valid": len(valid),
         "n_classes": len(items.classes),
+        **({"bad_images": len(cached.bad)} if cached.bad else {}),
         "canvas": cached.canvas,
         "cache_hit": cached.hit,
         "cache_seconds": round(cached.seconds, 2),
@@ -121,12 +129,39 @@ def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
     logger.info(
         "data on %s: %d train, %d valid, %dx%d canvas",
         device,
-        len(items.train),
-        len(items.valid),
+        len(train),
+        len(valid),
         cached.canvas,
         cached.canvas,
     )
     return ImageData(train=sets[0], valid=sets[1], classes=list(items.classes), info=info)
+
+
+def _skip_unreadable(items: Items, bad: dict[str, str], max_fraction: float) -> tuple[list[Item], list[Item]]:
+    """The train and valid items without the images the cache could not decode (``bad``), with a warning.
+
+    Raises:
+        DataError: too many are unreadable (the limit may be lower than when the cache was built), or a class
+            is left without images in a split.
+    """
+    if not bad:
+        return items.train, items.valid
+    n = len(items.train) + len(items.valid)
+    check_unreadable(sorted(bad.items()), n, max_fraction)
+    logger.warning(
+        "skipping %d unreadable image(s) of %d: %s", len(bad), n, ", ".join(f"{k} ({v})" for k, v in bad.items())
+    )
+    kept = []
+    for name, split in (("train", items.train), ("val", items.valid)):
+        ok = [item for item in split if relative_key(item[0], items.root) not in bad]
+        empty = sorted(set(range(len(items.classes))) - {label for _, label in ok})
+        if empty:
+            raise DataError(
+                f"{name}/ has no readable image left in class {items.classes[empty[0]]!r} after skipping unreadable "
+                f"files ({', '.join(sorted(bad))}): replace them."
+            )
+        kept.append(ok)
+    return kept[0], kept[1]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -145,7 +180,9 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
-def train_batches(ds: ImageSet, batch_size: int, size: int, aug: AugmentConfig) -> Iterator[tuple[Tensor, Tensor]]:
+def train_batches(
+    ds: ImageSet, batch_size: int, size: int, aug: AugmentConfig, generator: torch.Generator | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
     """One epoch of augmented training batches: on-device shuffle, ``drop_last=True``.
 
     Args:
@@ -153,17 +190,102 @@ def train_batches(ds: ImageSet, batch_size: int, size: int, aug: AugmentConfig) 
         batch_size: images per batch.
         size: output side in pixels.
         aug: the augmentation settings.
+        generator: the generator for the shuffle and the augmentation (default: the device's global one).
 
     Yields:
         ``(x, y)``: ``float32 [B, 3, size, size]`` in [0, 1] (channels_last on CUDA) and ``int64 [B]`` labels.
     """
     steps = steps_per_epoch(len(ds), batch_size)
-    order = torch.randperm(len(ds), device=ds.device)
+    source, canvas = ds.images, None
+    if ds.device.type == "cpu":  # the area pre-shrink once per size, not per batch (see ``_shrunk_images``)
+        source, canvas = _shrunk_images(ds, size), (int(ds.images.shape[-2]), int(ds.images.shape[-1]))
+    rows = source.flatten(1)  # a view; on the CPU a uint8 index_select over 2-D rows is ~25x faster than 4-D
+    order = torch.randperm(len(ds), device=ds.device, generator=generator)
     for step in range(steps):
         index = order[step * batch_size : (step + 1) * batch_size]
-        images, sizes = ds.images.index_select(0, index), ds.sizes.index_select(0, index)
-        x = train_transform(images, sizes, size, aug, presize=ds.presize)
+        images = rows.index_select(0, index).view(-1, *source.shape[1:])
+        sizes = ds.sizes.index_select(0, index)
+        x = train_transform(images, sizes, size, aug, presize=ds.presize, generator=generator, canvas=canvas)
         yield _layout(x), ds.labels.index_select(0, index)
+
+
+def train_loader(
+    ds: ImageSet, batch_size: int, size: int, aug: AugmentConfig, prefetch: int = 2
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``train_batches`` as the training loop uses it: on CUDA, prepared ahead in a background thread.
+
+    On CUDA the loop is bound by the host's kernel launches at small sizes, so the batches of one epoch are
+    built in a thread on a side stream, up to ``prefetch`` ahead, while the main thread launches the model
+    (torch releases the GIL inside each op, and the backward pass runs in autograd's own threads). The
+    thread draws from its own generator, seeded from the global CPU RNG when the epoch starts, so a seed
+    still fixes every draw whatever the threads' timing. No host sync: the loop's stream waits on an event.
+    Elsewhere (CPU: the compute already uses every core) this is ``train_batches`` itself.
+
+    Args:
+        ds: the training set.
+        batch_size: images per batch.
+        size: output side in pixels.
+        aug: the augmentation settings.
+        prefetch: batches prepared ahead on CUDA; 0 builds them in the calling thread.
+
+    Yields:
+        The batches of ``train_batches``.
+    """
+    if ds.device.type != "cuda" or prefetch < 1:
+        yield from train_batches(ds, batch_size, size, aug)
+        return
+    generator = torch.Generator(device=ds.device)
+    generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))  # CPU RNG: no device sync
+    yield from _prefetched(train_batches(ds, batch_size, size, aug, generator), ds.device, prefetch)
+
+
+def _prefetched(
+    batches: Iterator[tuple[Tensor, Tensor]], device: torch.device, depth: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Run ``batches`` in a daemon thread on a side CUDA stream, ``depth`` batches ahead of the consumer."""
+    stream = torch.cuda.Stream(device)
+    ready: queue.Queue[tuple[Tensor, Tensor, Any] | BaseException | None] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[Tensor, Tensor, Any] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            with torch.cuda.device(device), torch.cuda.stream(stream), torch.no_grad():
+                for x, y in batches:
+                    done = torch.cuda.Event()
+                    done.record(stream)
+                    if not put((x, y, done)):
+                        return
+            put(None)
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(error)
+
+    thread = threading.Thread(target=work, name="sota_ablate-prefetch", daemon=True)
+    thread.start()
+    consumer = torch.cuda.current_stream(device)
+    try:
+        while True:
+            item = ready.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            x, y, done = item
+            consumer.wait_event(done)  # the GPU waits, the host does not
+            x.record_stream(consumer)  # made on the side stream, used (and freed) on the loop's
+            y.record_stream(consumer)
+            yield x, y
+    finally:
+        stop.set()
+        thread.join()
 
 
 def valid_batches(ds: ImageSet, batch_size: int, size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -195,6 +317,21 @@ def tta_batches(ds: ImageSet, batch_size: int, size: int, aug: AugmentConfig) ->
         end = start + batch_size
         x = train_transform(ds.images[start:end], ds.sizes[start:end], size, aug, presize=ds.presize)
         yield _layout(x), ds.labels[start:end]
+
+
+def _shrunk_images(ds: ImageSet, size: int) -> Tensor:
+    """The training canvases after the area pre-shrink for ``size``, computed once and kept (one size at a time).
+
+    The pre-shrink does not depend on the random draws, and on a CPU pooling every batch's canvases cost about
+    as much as the rest of the augmentation; the kept float16 copy is about twice the size of the uint8 set. On
+    CUDA pooling is cheap and runs in the loader's thread, so the memory is not spent there.
+    """
+    shrunk = ds._shrunk.get(size)
+    if shrunk is None:
+        ds._shrunk.clear()  # progressive resizing moves to the next size for good
+        shrunk = preshrink(ds.images, size, ds.presize)
+        ds._shrunk[size] = shrunk
+    return shrunk
 
 
 def _check_batch(batch_size: int) -> None:

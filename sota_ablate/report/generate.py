@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sota_ablate.report import figures, plots, stats
-from sota_ablate.report.collect import GridData, collect_grid
+from sota_ablate.report.collect import GridData, ReportError, collect_grid
 from sota_ablate.report.markdown import (
     FigureRef,
     Report,
@@ -589,11 +589,18 @@ def generate_report(
         The path of the README.md.
 
     Raises:
-        ReportError: no grid run to report on.
+        ReportError: no grid run to report on, or the report folder cannot be written.
     """
     data = collect_grid(tracker, run_id=run_id, all_seeds=all_seeds)
     folder = Path(out_dir) / slug(data.grid)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".write-test").touch()
+        (folder / ".write-test").unlink()
+    except OSError as err:
+        raise ReportError(
+            f"cannot write the report to {folder} ({err.strerror or err}): pass --out with a writable folder."
+        ) from None
     writer = _Writer(folder)
     baseline = find_baseline(data)
     summaries = cell_summary(data, baseline)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sota_ablate.data import steps_per_epoch, train_batches
+from sota_ablate.data import steps_per_epoch, train_loader
 from sota_ablate.techniques.base import Technique
 from sota_ablate.train.evaluate import EvalResult, evaluate
 from sota_ablate.train.optim import reset_state, set_hyper
@@ -26,7 +26,7 @@ from sota_ablate.train.state import Stage, TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf."""
+    """The training or validation loss became NaN or inf (the model diverged)."""
 
 
 @dataclass
@@ -84,6 +84,7 @@ def fit(
     observer: LoopObserver | None = None,
     start_epoch: int = 0,
     on_epoch_end: Callable[[TrainState], None] | None = None,
+    resume: Callable[[TrainState], None] | None = None,
 ) -> list[EpochRecord]:
     """Train ``s.model`` through every stage; return one record per epoch.
 
@@ -93,8 +94,13 @@ def fit(
         observer: progress display and logging.
         start_epoch: skip the epochs before this global epoch index (for resuming from a checkpoint).
         on_epoch_end: called after each epoch (checkpointing).
+        resume: called after the techniques' setup and before the first batch, to restore a checkpoint (model,
+            optimizer, scaler, step, smoothed loss, RNG); use with ``start_epoch`` = the checkpoint's next epoch.
+            Only the epochs from ``start_epoch`` on are returned.
     """
     observer = observer or LoopObserver()
+    if s.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes within a stage: autotuned convolutions pay
     for tech in techniques:
         tech.setup(s)
     stages = plan_stages(techniques, s)
@@ -102,11 +108,16 @@ def fit(
     n_classes = s.n_out
     total_steps = sum(st.epochs * steps_per_epoch(n_train, st.batch_size) for st in stages)
     observer.start(s, total_steps, stages)
+    if resume is not None:
+        resume(s)
     records: list[EpochRecord] = []
     epoch = 0
     for stage in stages:
         s.stage = stage
-        if stage.reset_optimizer:
+        # A stage that began before ``start_epoch`` was set up by the interrupted run: its optimizer state and
+        # smoothed loss come from the checkpoint, not from a fresh start.
+        resumed_inside = epoch < start_epoch
+        if stage.reset_optimizer and not resumed_inside:
             reset_state(s.optimizer)  # fastai fine_tune: freeze()/unfreeze() clear the Adam state
         steps = steps_per_epoch(n_train, stage.batch_size)
         schedule = OneCycle(
@@ -120,6 +131,8 @@ def fit(
         # fastai's Recorder: exponentially smoothed, debiased train loss, reset at each fit.
         smooth = torch.zeros((), device=s.device)
         count = 0
+        if resumed_inside and s.smooth_loss is not None:
+            smooth, count = s.smooth_loss.to(s.device), s.smooth_count
         for stage_epoch in range(stage.epochs):
             s.epoch = epoch
             if epoch < start_epoch:
@@ -130,7 +143,7 @@ def fit(
             s.training = True
             step_in_stage = stage_epoch * steps
             lr = stage.lr_max
-            for x, y in train_batches(s.data.train, stage.batch_size, stage.size, s.cfg.augment):
+            for x, y in train_loader(s.data.train, stage.batch_size, stage.size, s.cfg.augment):
                 lr, mom = schedule(step_in_stage)
                 set_hyper(s.optimizer, lr, mom)
                 s.x = s.normalize(x)
@@ -160,6 +173,11 @@ def fit(
                     f"the training loss is {train_loss} in epoch {epoch} ({stage.name}); lower the lr or check the data"
                 )
             result = evaluate(s, stage.size, stage.batch_size)
+            if not math.isfinite(result.valid_loss):
+                raise NonFiniteLossError(
+                    f"the validation loss is {result.valid_loss} after epoch {epoch} ({stage.name}): the model "
+                    "diverged; lower the lr"
+                )
             elapsed = time.perf_counter() - start
             record = EpochRecord(
                 epoch=epoch,
@@ -174,6 +192,7 @@ def fit(
                 images_per_s=steps * stage.batch_size / max(train_time, 1e-9),
                 lr=lr,
             )
+            s.smooth_loss, s.smooth_count = smooth, count
             records.append(record)
             observer.epoch(record, result)
             if on_epoch_end is not None:

@@ -83,7 +83,11 @@ def create_optimizer(
         for name, ps, w in (("decay", decay, wd), ("no_decay", no_decay, 0.0))
         if ps
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd, foreach=True)
+    # On CUDA the fused kernel (one launch per step) also lets GradScaler unscale and skip an overflowing step
+    # on the device; with foreach, GradScaler.step reads found_inf with .item(), a host sync every batch.
+    on_cuda = bool(decay or no_decay) and all(p.is_cuda for p in decay + no_decay)
+    impl = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd, **impl)
 
 
 def set_hyper(optimizer: torch.optim.Optimizer, lr: float, mom: float) -> None:

@@ -76,6 +76,9 @@ class TrainState:
     stage: Stage | None = None
     epoch: int = 0
     step: int = 0
+    # fastai Recorder's smoothed train loss of the current stage and its batch count (saved in checkpoints).
+    smooth_loss: Tensor | None = None
+    smooth_count: int = 0
     n_out: int = 10  # model outputs (>= number of classes); the width of the one-hot targets
     # Extra metrics techniques compute after training (e.g. ``tta_accuracy``).
     final_metrics: dict[str, float] = field(default_factory=dict)
