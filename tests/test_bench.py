@@ -55,3 +55,18 @@ def test_fastai_compare_defaults_and_report() -> None:
     assert "| fastai 2.8.12 | 4.00 ± 0.00 | 320 ± 0 | 32% |" in table
     assert "| sota_ablate | 2.00 ± 0.00 | 640 ± 0 | 64% | 0.520, 0.520 |" in table
     assert "ratio sota_ablate / fastai: **0.50**" in table
+
+
+def test_fastai_is_never_imported_by_the_package() -> None:
+    """fastai is a benchmark/test reference only: importing every module of sota_ablate must not pull it in."""
+    import subprocess
+
+    code = (
+        "import pkgutil, importlib, sys, sota_ablate\n"
+        "for m in pkgutil.walk_packages(sota_ablate.__path__, 'sota_ablate.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "print('fastai' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
