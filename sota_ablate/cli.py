@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import shlex
-import signal
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -360,9 +359,6 @@ def _ui(args: argparse.Namespace) -> int:
     return serve_ui(resolve_tracking_uri(args.tracking_uri), port=args.port)
 
 
-_MAIN_PID = os.getpid()
-
-
 def _report(args: argparse.Namespace) -> int:
     from sota_ablate.report import generate_report
     from sota_ablate.tracking import Tracker, mask_uri, resolve_tracking_uri
@@ -390,15 +386,6 @@ def resume_command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "sota_ablate", *args])
 
 
-def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM ends a grid like Ctrl-C (runs marked KILLED); forked workers just die quietly."""
-    if os.getpid() != _MAIN_PID:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -416,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "profiles":
         list_profiles()
         return 0
+    from sota_ablate import interrupts
     from sota_ablate.config import ConfigError
     from sota_ablate.data import DataError
     from sota_ablate.executors import ExecutorError
@@ -425,9 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sota_ablate.tracking import TrackingError, mask_uri
     from sota_ablate.train.checkpoint import CheckpointError
 
-    global _MAIN_PID
-    _MAIN_PID = os.getpid()
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # Ctrl-C and SIGTERM end a grid as KILLED (resumable), never in the middle of a tracking-store write.
+    restore_signals = interrupts.install()
     try:
         if args.command == "ui":
             return _ui(args)
@@ -457,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore_signals()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ shows the runs; ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` override it.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -25,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from sota_ablate.interrupts import protected
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,27 @@ def _stringify(value: Any) -> str:
         value = list(value)
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return mask_uri(text)[:MAX_PARAM_LENGTH]
+
+
+class _Protected:
+    """An MLflow client whose every method call runs inside ``interrupts.protected()``: Ctrl-C or SIGTERM waits
+    for the call to end, so no sqlite transaction is cut in half (the store would stay locked for the writes
+    that mark the run KILLED)."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with protected():
+                return attr(*args, **kwargs)
+
+        return call
 
 
 class Run:
@@ -198,10 +222,11 @@ class Tracker:
 
     @property
     def client(self) -> Any:
+        """The ``MlflowClient`` of the store; every call through it is protected from Ctrl-C / SIGTERM."""
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = _Protected(MlflowClient(tracking_uri=self.uri))
         return self._client
 
     def check(self, timeout_s: float = 5.0) -> None:
@@ -325,9 +350,10 @@ class Tracker:
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        return mlflow.search_runs(
-            experiment_ids=[self.experiment_id()], filter_string=filter_string, max_results=max_results
-        )
+        with protected():
+            return mlflow.search_runs(
+                experiment_ids=[self.experiment_id()], filter_string=filter_string, max_results=max_results
+            )
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
