@@ -508,7 +508,7 @@ def run_grid(
     previous = None if opts.force else _find_parent(tracker, ghash)
     if previous is not None:
         parent = Run(tracker, previous["run_id"])
-        tracker.client.update_run(parent.run_id, status="RUNNING")
+        tracker.mark_running(parent.run_id)
         children = tracker.search_runs(f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
         for _, row in children.iterrows():
             key = (row.get("tags.cell"), int(row.get("tags.seed", -1)))
@@ -517,8 +517,7 @@ def run_grid(
                 if isinstance(row.get("tags.config_hash"), str):  # left by a crash after the cell finished
                     delete_checkpoint(checkpoint_path(checkpoints, row["tags.config_hash"]))
             elif row["status"] == "RUNNING":
-                tracker.client.set_tag(row["run_id"], "sota_ablate.failure", "left RUNNING by a killed process")
-                tracker.client.set_terminated(row["run_id"], status="FAILED")
+                tracker.end_run(row["run_id"], "FAILED", "left RUNNING by a killed process")
         print(
             f"resuming grid run {parent.run_id}: {len(done)} cell runs already finished "
             "(--force starts a new grid run)",

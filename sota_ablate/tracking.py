@@ -401,9 +401,17 @@ class Tracker:
                 df = df[df[column] == value] if column in df else df.iloc[0:0]
         ids = [str(r) for r in df["run_id"]]
         for run_id in ids:
-            self.client.set_tag(run_id, "sota_ablate.failure", reason[:5000])
-            self.client.set_terminated(run_id, status=status)
+            self.end_run(run_id, status, reason)
         return ids
+
+    def end_run(self, run_id: str, status: str, reason: str) -> None:
+        """End a run some other process left open, with ``status`` and the ``sota_ablate.failure`` tag."""
+        self.client.set_tag(run_id, "sota_ablate.failure", reason[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+    def mark_running(self, run_id: str) -> None:
+        """Reopen a finished or killed run (a grid run being resumed)."""
+        self.client.update_run(run_id, status="RUNNING")
 
     def artifact_location(self) -> str:
         """Where the experiment's runs put their artifacts (``mlflow-artifacts:/...`` when a server proxies them)."""
