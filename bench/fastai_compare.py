@@ -40,6 +40,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, however this one is loaded
+from throughput import median_rate, sync
+
 DEFAULT_DATA = "../shared/data/imagenette2-224"
 
 
@@ -123,17 +126,7 @@ def compute_limit(
             optimizer.step()
         optimizer.zero_grad()
 
-    for _ in range(warmup):
-        step()
-    windows = []
-    for _ in range(3):  # the median of three timed windows: a busy neighbour or a clock step moves one, not two
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        windows.append(steps * batch_size / (time.perf_counter() - start))
-    return sorted(windows)[1]
+    return median_rate(step, batch_size, device, steps, warmup)
 
 
 def precision_slots(
@@ -204,32 +197,16 @@ def data_config(args: argparse.Namespace) -> Any:
 def run_ours(args: argparse.Namespace, seed: int, device: torch.device, limit: float) -> RunResult:
     """sota_ablate's baseline cell (``fp16`` with ``--fp16``) for one seed, as ``runner.run_cell`` builds it."""
     from sota_ablate.config import TrainConfig
-    from sota_ablate.models import create_model
     from sota_ablate.runner import seed_everything
     from sota_ablate.techniques import create_techniques
     from sota_ablate.train.loop import fit
-    from sota_ablate.train.optim import create_optimizer
-    from sota_ablate.train.state import TrainState
+    from sota_ablate.train.state import build_state
 
     data, setup_s = load_ours(args, device)
     cfg = TrainConfig(model=args.model, epochs=args.epochs, size=args.size, batch_size=args.bs, lr=args.lr, seed=seed)
     cfg.validate()
     seed_everything(seed)
-    n_out = len(data.classes)
-    model = create_model(cfg.model, n_out=n_out).to(device)
-    channels_last = device.type in ("cuda", "cpu")  # as runner.run_cell
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(model, cfg.lr, wd=cfg.wd, eps=cfg.eps, mom=cfg.moms[0], sqr_mom=cfg.sqr_mom)
-    s = TrainState(
-        cfg=cfg,
-        model=model,
-        optimizer=optimizer,
-        data=data,
-        device=device,
-        channels_last=channels_last,
-        n_out=n_out,
-    )
+    s = build_state(cfg, data, device)
     records = fit(s, create_techniques(["fp16"] if args.fp16 else []))
     return RunResult(
         tool="sota_ablate",
@@ -334,7 +311,7 @@ def _fastai_timer() -> Any:
             self.train_start = time.perf_counter()
 
         def after_train(self) -> None:
-            _sync(self.dls.device)
+            sync(self.dls.device)
             self.train_times.append(time.perf_counter() - self.train_start)
 
         def after_epoch(self) -> None:
@@ -378,11 +355,6 @@ def fastai_limit(args: argparse.Namespace, device: torch.device) -> float:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Report
-
-
-def _sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _mean_sd(values: Sequence[float], digits: int = 1) -> str:

@@ -44,7 +44,7 @@ from sota_ablate.techniques import create_techniques
 from sota_ablate.train import loop as loop_module
 from sota_ablate.train.loop import fit
 from sota_ablate.train.optim import create_optimizer
-from sota_ablate.train.state import TrainState
+from sota_ablate.train.state import TrainState, build_state
 
 CHAPTER_TRAIN, CHAPTER_VALID = 9469, 3925  # official Imagenette split
 
@@ -93,20 +93,9 @@ def pipeline_only(data: ImageData, size: int, batch_size: int, device: torch.dev
 def state_for(cfg: TrainConfig, data: ImageData, device: torch.device, impl: str = "default") -> TrainState:
     """The TrainState ``runner.run_cell`` builds (channels_last model, fastai's Adam)."""
     torch.manual_seed(0)
-    model = create_model(cfg.model, n_out=len(data.classes)).to(device)
-    channels_last = device.type in ("cuda", "cpu")  # as runner.run_cell
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = with_impl(create_optimizer(model, cfg.lr), impl)
-    return TrainState(
-        cfg=cfg,
-        model=model,
-        optimizer=opt,
-        data=data,
-        device=device,
-        channels_last=channels_last,
-        n_out=len(data.classes),
-    )
+    s = build_state(cfg, data, device)
+    s.optimizer = with_impl(s.optimizer, impl)
+    return s
 
 
 @dataclass(frozen=True)
@@ -152,16 +141,22 @@ def compute_limit(
         scaler.update()
         opt.zero_grad(set_to_none=True)
 
+    return median_rate(step, bs, device, steps, warmup)
+
+
+def median_rate(step: Callable[[], None], images: int, device: torch.device, steps: int, warmup: int) -> float:
+    """images/s of ``step`` (``images`` per call): ``warmup`` untimed calls, then the median of three timed
+    windows of ``steps`` calls each (a busy neighbour or a clock step moves one window, not two)."""
     for _ in range(warmup):
         step()
     windows = []
-    for _ in range(3):  # the median of three timed windows: clocks and the host jitter
+    for _ in range(3):
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             step()
         sync(device)
-        windows.append(steps * bs / (time.perf_counter() - start))
+        windows.append(steps * images / (time.perf_counter() - start))
     return sorted(windows)[1]
 
 

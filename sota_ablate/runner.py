@@ -25,7 +25,7 @@ from sota_ablate.config import TrainConfig, apply_overrides, config_hash, scale_
 from sota_ablate.data import DataConfig, ImageData, load_data
 from sota_ablate.executors.base import CellTask, Executor, GridJob
 from sota_ablate.grid import Cell, Grid, cell_params, resolve_cell
-from sota_ablate.models import count_parameters, create_model
+from sota_ablate.models import count_parameters
 from sota_ablate.profiles import Profile
 from sota_ablate.progress import ConsoleProgress, epoch_table, format_time
 from sota_ablate.techniques import TECHNIQUE_ORDER, Technique
@@ -41,8 +41,7 @@ from sota_ablate.train.checkpoint import (
 )
 from sota_ablate.train.evaluate import EvalResult
 from sota_ablate.train.loop import EpochRecord, LoopObserver, NonFiniteLossError, fit
-from sota_ablate.train.optim import create_optimizer
-from sota_ablate.train.state import Stage, TrainState
+from sota_ablate.train.state import Stage, TrainState, build_state
 
 log = logging.getLogger(__name__)
 
@@ -286,21 +285,8 @@ def run_cell(
         n_out = cfg.n_out or len(data.classes)
         if n_out < len(data.classes):
             raise ValueError(f"n_out = {n_out} is smaller than the {len(data.classes)} classes in the data")
-        model = create_model(cfg.model, n_out=n_out).to(opts.device)
-        channels_last = opts.device.type in ("cuda", "cpu")  # cuDNN and oneDNN: ~10 % faster (bench/README.md)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        child.log_params({"model.parameters": count_parameters(model), "model.n_out": n_out})
-        optimizer = create_optimizer(model, cfg.lr, wd=cfg.wd, eps=cfg.eps, mom=cfg.moms[0], sqr_mom=cfg.sqr_mom)
-        s = TrainState(
-            cfg=cfg,
-            model=model,
-            optimizer=optimizer,
-            data=data,
-            device=opts.device,
-            channels_last=channels_last,
-            n_out=n_out,
-        )
+        s = build_state(cfg, data, opts.device, n_out)
+        child.log_params({"model.parameters": count_parameters(s.model), "model.n_out": n_out})
         tracking = TrackingObserver(child, records=restored)
         console = ConsoleProgress(run_name, stream=out, bar=opts.progress_bar)
         checkpointing: list[LoopObserver] = []
@@ -357,7 +343,7 @@ def run_cell(
             child.log_figure(fig, "confusion_matrix.png")
             plots.close(fig)
         if opts.log_model:
-            child.log_state_dict(model.state_dict())
+            child.log_state_dict(s.model.state_dict())
         child.set_tags({COMPLETE_TAG: "true"})
         child.end("FINISHED")
         if ckpt_file is not None:

@@ -82,3 +82,34 @@ class TrainState:
     n_out: int = 10  # model outputs (>= number of classes); the width of the one-hot targets
     # Extra metrics techniques compute after training (e.g. ``tta_accuracy``).
     final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def build_state(cfg: TrainConfig, data: ImageData, device: torch.device, n_out: int | None = None) -> TrainState:
+    """A fresh model and fastai's Adam for ``cfg`` on ``device``, as every cell trains them.
+
+    The model is channels_last on CUDA and on the CPU (cuDNN and oneDNN: about 10 % faster, bench/README.md).
+
+    Args:
+        cfg: the cell's hyperparameters (model, lr, wd, eps, momentum).
+        data: the training and validation sets.
+        device: where to train.
+        n_out: outputs of the head (default: the number of classes in ``data``).
+    """
+    from sota_ablate.models import create_model
+    from sota_ablate.train.optim import create_optimizer
+
+    n_out = n_out or len(data.classes)
+    model = create_model(cfg.model, n_out=n_out).to(device)
+    channels_last = device.type in ("cuda", "cpu")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, cfg.lr, wd=cfg.wd, eps=cfg.eps, mom=cfg.moms[0], sqr_mom=cfg.sqr_mom)
+    return TrainState(
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        data=data,
+        device=device,
+        channels_last=channels_last,
+        n_out=n_out,
+    )
