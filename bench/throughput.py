@@ -8,7 +8,8 @@ technique together for a few steps (fp16 + GradScaler, channels_last, mixup, lab
 TTA) to exercise the CUDA paths.
 
 Optional extras: ``--limit-variants`` times the compute limit under each optimizer implementation, precision,
-memory format and batch size (what makes fp16 fast or slow); ``--check-syncs`` counts the host syncs of one
+memory format and batch size (what makes fp16 fast or slow); ``--compile`` times the compute limit eager and under
+``torch.compile`` (compilation time and break-even); ``--check-syncs`` counts the host syncs of one
 training epoch; ``--chapter-estimate`` turns the measured rates into the wall time of ``ablations/chapter.toml``
 under the ``chapter`` profile (synthetic data of the chapter's size: 9,469 train and 3,925 valid images).
 
@@ -106,17 +107,28 @@ class LimitVariant:
     optimizer: str = "default"  # default (create_optimizer) | foreach | fused
     channels_last: bool = True
     batch_size: int = 64
+    compile: bool = False  # torch.compile(model) (inductor; the first step, timed apart, compiles)
 
 
 def compute_limit(
-    model_name: str, size: int, device: torch.device, variant: LimitVariant, steps: int, warmup: int = 10
+    model_name: str,
+    size: int,
+    device: torch.device,
+    variant: LimitVariant,
+    steps: int,
+    warmup: int = 10,
+    first_step: list[float] | None = None,
 ) -> float:
-    """images/s of model forward + backward + optimizer step alone, on one fixed random batch."""
+    """images/s of model forward + backward + optimizer step alone, on one fixed random batch.
+
+    ``first_step``, when given, receives the seconds of the very first step (with ``compile``: the compilation).
+    """
     torch.manual_seed(0)
     model = create_model(model_name, n_out=10).to(device)
     channels_last = variant.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if variant.compile else model
     opt = with_impl(create_optimizer(model, 3e-3), variant.optimizer)
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -134,14 +146,39 @@ def compute_limit(
 
     def step() -> None:
         with autocast():
-            logits = model(x)
+            logits = forward(x)
         loss = -(y * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()  # the loop's soft cross-entropy
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
 
+    start = time.perf_counter()
+    step()
+    sync(device)
+    if first_step is not None:
+        first_step.append(time.perf_counter() - start)
     return median_rate(step, bs, device, steps, warmup)
+
+
+def compile_ab(model_name: str, size: int, device: torch.device, variant: LimitVariant, steps: int) -> dict[str, float]:
+    """The compute limit eager and under ``torch.compile``: does compiling pay off here, and after how long?
+
+    Returns eager and compiled img/s, the compiled first step's seconds (compilation) and the break-even in
+    training images (compile time / time saved per image; inf when compiling is not faster).
+    """
+    eager = compute_limit(model_name, size, device, variant, steps)
+    first: list[float] = []
+    compiled = compute_limit(
+        model_name, size, device, dataclasses.replace(variant, compile=True), steps, first_step=first
+    )
+    saved_per_image = 1 / eager - 1 / compiled
+    return {
+        "eager_images_per_s": eager,
+        "compiled_images_per_s": compiled,
+        "compile_s": first[0],
+        "break_even_images": first[0] / saved_per_image if saved_per_image > 0 else float("inf"),
+    }
 
 
 def median_rate(step: Callable[[], None], images: int, device: torch.device, steps: int, warmup: int) -> float:
@@ -262,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="torch.profiler over a few training steps (first config)")
     p.add_argument("--limit-steps", type=int, default=20)
     p.add_argument("--limit-variants", action="store_true", help="time the compute limit's variants too")
+    p.add_argument("--compile", action="store_true", help="A/B of the compute limit eager vs torch.compile")
     p.add_argument("--check-syncs", action="store_true", help="count host syncs in one epoch (CUDA)")
     p.add_argument("--chapter-estimate", action="store_true", help="estimate the chapter grid's wall time")
     p.add_argument("--no-smoke", action="store_true", help="skip the every-technique smoke run")
@@ -368,6 +406,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{'channels_last' if v.channels_last else 'NCHW'}: {ips:.0f} img/s",
                     flush=True,
                 )
+    if args.compile:
+        for (size, bs), precision in itertools.product(configs, args.precisions.split(",")):
+            ab = compile_ab(args.model, size, device, LimitVariant(precision, batch_size=bs), args.limit_steps)
+            results.setdefault("compile", []).append({"size": size, "batch_size": bs, "precision": precision, **ab})
+            print(
+                f"torch.compile {size}px bs {bs} {precision}: eager {ab['eager_images_per_s']:.0f} img/s, compiled "
+                f"{ab['compiled_images_per_s']:.0f} img/s (x{ab['compiled_images_per_s'] / ab['eager_images_per_s']:.2f}),"
+                f" compilation {ab['compile_s']:.0f} s; pays off after {ab['break_even_images']:.0f} training images",
+                flush=True,
+            )
     if not args.no_smoke:
         # Every technique at once, a few steps: the CUDA paths (GradScaler, channels_last, mixup, TTA, stages).
         size = max(s for s, _ in configs)

@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LENGTH = 6000
+# Characters MLflow rejects in metric, param and tag keys (it allows alphanumerics, _ - . space : /).
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def safe_key(key: str) -> str:
+    """``key`` with every character MLflow rejects replaced by ``_`` (factorial cells are named ``a+b``)."""
+    return _KEY_UNSAFE.sub("_", key)
 
 
 class TrackingError(RuntimeError):
@@ -159,7 +166,7 @@ class Run:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        items = [Metric(safe_key(k), float(v), ts, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

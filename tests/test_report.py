@@ -301,7 +301,7 @@ def test_report_files_and_links(store):
     expected = {
         "accuracy_by_epoch.png", "loss_curves.png", "final_accuracy.png", "accuracy_vs_wall_time.png",
         "confusion_matrix_best.png", "normalization_batch_stats.png", "progressive_resizing.png",
-        "tta_accuracy_and_time.png", "mixup_example.png", "label_smoothing_target.png",
+        "tta_accuracy_and_time.png", "mixup_example.png", "label_smoothing_target.png", "technique_effects.png",
     }  # fmt: skip
     assert set(links) == expected
     for link in links:
@@ -311,6 +311,7 @@ def test_report_files_and_links(store):
     chapter = ["Imagenette baseline", "Normalization", "Progressive resizing", "Test time augmentation", "Mixup",
                "Label smoothing"]  # fmt: skip
     assert [t for t in titles if t in chapter] == chapter
+    assert titles.index("What each technique is worth") < titles.index("Imagenette baseline")
     assert titles.index("Label smoothing") < titles.index("All techniques combined") < titles.index("Provenance")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sota_ablate.report import figures, plots, stats
+from sota_ablate.report import effects, figures, plots, stats
 from sota_ablate.report.collect import GridData, ReportError, collect_grid
 from sota_ablate.report.markdown import (
     FigureRef,
@@ -40,6 +40,7 @@ from sota_ablate.report.tables import (
     cell_summary,
     epoch_table_markdown,
     find_baseline,
+    find_reference,
     format_accuracy,
     pipe_table,
     published_epoch_markdown,
@@ -128,6 +129,7 @@ GLANCE_FILES = {
     "final": "final_accuracy.png",
     "time": "accuracy_vs_wall_time.png",
     "confusion": "confusion_matrix_best.png",
+    "effects": "technique_effects.png",
 }
 
 
@@ -495,6 +497,46 @@ def _glance(data: GridData, summaries: list[CellSummary], baseline: str | None, 
     return [r for r in refs if r is not None]
 
 
+def _effects_section(data: GridData, writer: _Writer) -> Section | None:
+    """ "What each technique is worth": the effect of switching each technique on, over matched pairs of cells."""
+    found = effects.technique_effects(data)
+    if not found:
+        return None
+    section = Section(
+        title="What each technique is worth",
+        intro=(
+            "Each technique against the same recipe without it, from the pairs of cells that differ by that "
+            "technique only. " + _effect_intro(found)
+        ).strip(),
+        table=effects.effects_markdown(found),
+    )
+    section.effect += [f"- {note}" for note in effects.effect_notes(found)]
+    pairs = effects.pair_lines(found)
+    if pairs:
+        section.effect.append("Pairs compared: " + " ".join(pairs))
+    fig = writer.save(
+        GLANCE_FILES["effects"],
+        lambda: plots.plot_effects(found, data.grid),
+        "accuracy effect of each technique with its 95% interval",
+        "Accuracy effect of switching each technique on, with its 95% interval over seeds (diamonds: the pairs "
+        "train a different number of epochs).",
+    )
+    if fig is not None:
+        section.figures.append(fig)
+    return section
+
+
+def _effect_intro(found: list[effects.TechniqueEffect]) -> str:
+    kinds = {e.context.split(":")[0] for e in found}
+    if kinds == {"alone"}:
+        return "Here every technique is measured alone, on top of the baseline (the chapter's view)."
+    if kinds == {"in the full recipe"}:
+        return "Here every technique is measured inside the full recipe: everything against everything but it."
+    if all(k.startswith("main effect") for k in kinds):
+        return "Here every effect is a main effect: the mean over every combination of the other techniques."
+    return ""
+
+
 def _overview(data: GridData, summaries: list[CellSummary]) -> list[str]:
     p = data.parent_param
     parents = list(data.parents["run_id"])
@@ -550,7 +592,8 @@ def _provenance(data: GridData, all_seeds: bool, experiment: str) -> list[str]:
 def _summary_notes(data: GridData, summaries: list[CellSummary], baseline: str | None) -> list[str]:
     notes = [
         "accuracy: final validation accuracy (last epoch), mean ± sample std over the complete seeds, n seeds.",
-        "Δ vs baseline: difference in accuracy points with its 95% confidence interval (Student t; paired by "
+        f"Δ vs {f'`{baseline}`' if baseline else 'baseline'}: difference in accuracy points with its 95% "
+        "confidence interval (Student t; paired by "
         "seed when both cells ran the same seeds, else Welch); `no CI` with a single seed. Accuracy, Δ and the "
         "best cell use the plain (centre-crop) accuracy; TTA is its own column.",
         "epoch time, wall time, images/s: means over seeds (wall time: the whole run, TTA included).",
@@ -561,7 +604,7 @@ def _summary_notes(data: GridData, summaries: list[CellSummary], baseline: str |
     if best:
         notes.insert(0, f"Best cell (bold): `{best}`.")
     if baseline is None:
-        notes.append("No baseline cell: Δ is not computed.")
+        notes.append("No reference cell: Δ is not computed.")
     return notes
 
 
@@ -602,12 +645,15 @@ def generate_report(
             f"cannot write the report to {folder} ({err.strerror or err}): pass --out with a writable folder."
         ) from None
     writer = _Writer(folder)
-    baseline = find_baseline(data)
+    baseline = find_reference(data)
     summaries = cell_summary(data, baseline)
     recorded = {k[len("params.") :]: v for k, v in data.parent.items() if str(k).startswith("params.")}
     dataset, dataset_note = figures.find_dataset(data_path, recorded)
     glance = _glance(data, summaries, baseline, writer, tracker)
     sections = build_sections(data, summaries, baseline, writer, dataset, dataset_note)
+    worth = _effects_section(data, writer)
+    if worth is not None:
+        sections.insert(0, worth)
     honesty = honesty_notes(data, summaries, baseline)
     honesty += [f"**Figure:** {n}" for n in writer.notes]
     if dataset is not None:

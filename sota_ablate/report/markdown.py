@@ -150,16 +150,21 @@ def honesty_notes(data: GridData, summaries: Sequence[CellSummary], baseline: st
         notes.append(f"**Partial grid.** Not every cell finished: {listed}. Their rows show what exists.")
     ref = by_cell.get(baseline) if baseline else None
     if ref is not None:
-        differ = [s for s in summaries if s.cell != baseline and s.recipe not in ("-", ref.recipe)]
+        differ = [
+            s for s in summaries if s.cell != baseline and None not in (s.epochs, ref.epochs) and s.epochs != ref.epochs
+        ]
         if differ:
             listed = ", ".join(f"`{s.cell}` ({s.recipe})" for s in differ)
             notes.append(
-                f"**Budgets differ between compared cells.** The baseline trained {ref.recipe}; {listed}. A "
-                "difference to the baseline then mixes the technique with a longer or shorter schedule (the "
-                "chapter does the same; `ablations/fair.toml` gives every cell the same budget)."
+                f"**Budgets differ between compared cells.** The reference `{baseline}` trained {ref.recipe}; "
+                f"{listed}. A difference to the reference then mixes the technique with a longer or shorter "
+                "schedule (the chapter does the same; `ablations/fair.toml` gives every cell the same budget)."
             )
     elif baseline is None:
-        notes.append("**No baseline cell** (a cell without techniques) in this grid: no differences are computed.")
+        notes.append(
+            "**No reference cell** (neither a cell without techniques nor one with all of them) in this grid: no "
+            "differences to a reference are computed."
+        )
     counts = [s.accuracy.n for s in summaries if s.accuracy.n > 0]
     if counts and min(counts) < 3:
         fewest = min(counts)

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from sota_ablate.report.collect import GridData
+from sota_ablate.report.effects import TechniqueEffect
 from sota_ablate.report.tables import CellSummary
 
 # One colour per technique (a single-technique cell takes its technique's colour), fixed across figures.
@@ -262,6 +263,31 @@ def plot_tta(data: GridData, cells: Sequence[str]) -> Any:
     ax_acc.set_title("plain vs TTA accuracy (same model)")
     ax_time.set_ylabel("seconds")
     ax_time.set_title("inference time over the validation set")
+    fig.tight_layout()
+    return fig
+
+
+def plot_effects(effects: Sequence[TechniqueEffect], grid: str) -> Any:
+    """Forest plot: each technique's accuracy effect with its 95% interval (a dot alone: one seed, no interval)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(effects) + 1.6))
+    for i, e in enumerate(reversed(effects)):
+        d = e.accuracy
+        colour = "#888888"
+        if d.significant:
+            colour = "#2ca02c" if d.delta > 0 else "#d62728"
+        if d.has_ci:
+            ax.plot([100 * d.ci_low, 100 * d.ci_high], [i, i], color=colour, lw=2.5, solid_capstyle="round")
+        marker = "o" if e.equal_budget else "D"
+        ax.plot(100 * d.delta, i, marker, color=colour, ms=7, mec="black", mew=0.6)
+        ax.text(100 * d.delta, i + 0.22, f"{100 * d.delta:+.1f}", ha="center", fontsize=8)
+    ax.axvline(0, color="black", lw=1)
+    labels = [e.technique + ("" if e.equal_budget else " (epochs differ)") for e in reversed(effects)]
+    ax.set_yticks(range(len(effects)), labels)
+    ax.set_ylim(-0.7, len(effects) - 0.3)
+    ax.set_xlabel("accuracy effect of switching the technique on (points; bar: 95% CI over seeds)")
+    ax.set_title(f"{grid}: what each technique is worth (green: helps, red: hurts, grey: unclear)")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 

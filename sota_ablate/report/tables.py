@@ -239,6 +239,20 @@ def find_baseline(data: GridData) -> str | None:
     return "baseline" if "baseline" in data.cells else None
 
 
+def find_reference(data: GridData) -> str | None:
+    """The cell every other is compared with: the baseline (no techniques) when the grid has one, else the full
+    recipe, i.e. the finished cell that uses every technique of the grid (``all`` in a leave-one-out grid)."""
+    baseline = find_baseline(data)
+    if baseline is not None:
+        return baseline
+    finished = [c for c in data.cells if data.first(c, "run_id") is not None]
+    if len(finished) < 2:
+        return None
+    everything = frozenset().union(*(data.technique_set(c) for c in finished))
+    full = [c for c in finished if data.technique_set(c) == everything]
+    return ("all" if "all" in full else full[0]) if full else None
+
+
 def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
     """One summary per cell of the grid, in grid order."""
     base_acc = data.values(baseline, "metrics.final_accuracy") if baseline else {}
@@ -301,7 +315,7 @@ SUMMARY_HEADER = (
     "recipe (epochs x size, bs)",
     "accuracy (mean ± std, n)",
     "TTA accuracy",
-    "Δ vs baseline [95% CI]",
+    "Δ vs {reference} [95% CI]",
     "epoch time",
     "wall time",
     "images/s",
@@ -343,7 +357,8 @@ def summary_rows(summaries: Sequence[CellSummary], baseline: str | None) -> list
 
 
 def summary_markdown(summaries: Sequence[CellSummary], baseline: str | None) -> str:
-    return pipe_table(SUMMARY_HEADER, summary_rows(summaries, baseline), align="lllllrrrrllll")
+    header = [h.format(reference=f"`{baseline}`" if baseline else "baseline") for h in SUMMARY_HEADER]
+    return pipe_table(header, summary_rows(summaries, baseline), align="lllllrrrrllll")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,198 @@
+"""What each technique is worth: matched pairs of cells that differ by that one technique.
+
+A *pair* for technique ``T`` is two finished cells whose technique sets are ``A`` and ``A + T``. Every grid
+generator yields pairs, and which ones says what the effect means:
+
+- ``one_at_a_time`` (the chapter grid): ``baseline`` -> ``T`` alone, one pair per technique;
+- ``leave_one_out``: ``all - T`` -> ``all``, what ``T`` adds to the full recipe;
+- ``factorial``: 2^(n-1) pairs per technique, whose average is the factorial design's **main effect**.
+
+The effect is measured on the accuracy a user gets from the cell: TTA accuracy for cells with ``tta`` (TTA only
+changes inference, so against the plain accuracy its effect would be zero by construction), the plain accuracy
+otherwise. Per seed, ``T``'s effect is the mean over its pairs of ``acc(A + T) - acc(A)``; the 95% interval is
+Student t over those per-seed effects, paired by seed (seed ``k`` shares initialisation, data order and
+augmentation draws in every cell). Pairs whose cells train a different number of epochs are flagged: their
+difference mixes the technique with a longer or shorter schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sota_ablate.report import stats
+from sota_ablate.report.collect import GridData
+from sota_ablate.report.tables import format_difference, pipe_table, total_epochs
+
+CANONICAL_ORDER = ("fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing")
+
+
+@dataclass(frozen=True)
+class TechniqueEffect:
+    """The measured effect of switching one technique on.
+
+    Attributes:
+        technique: the registry name.
+        pairs: (cell without, cell with) for every matched pair.
+        context: how the pairs were formed, in words (``alone, vs `baseline```, ``in the full recipe``, ...).
+        accuracy: the per-seed effects' mean and interval (``stats.Difference``; method ``none`` with one seed).
+        seeds: the seeds every cell of the pairs finished.
+        time_ratio: mean over pairs and seeds of wall time with / without (NaN when unknown).
+        equal_budget: every pair trains the same number of epochs on both sides.
+    """
+
+    technique: str
+    pairs: tuple[tuple[str, str], ...]
+    context: str
+    accuracy: stats.Difference
+    seeds: tuple[int, ...]
+    time_ratio: float
+    equal_budget: bool
+
+
+def deployed_accuracy(data: GridData, cell: str) -> dict[int, float]:
+    """seed -> the accuracy the cell delivers: TTA accuracy when the cell uses ``tta``, else plain accuracy."""
+    if "tta" in data.technique_set(cell):
+        tta = data.values(cell, "metrics.tta_accuracy")
+        if tta:
+            return tta
+    return data.values(cell, "metrics.final_accuracy")
+
+
+def _epochs(data: GridData, cell: str) -> int | None:
+    return total_epochs(data.first(cell, "params.stages"), fallback=data.first(cell, "params.train.epochs"))
+
+
+def matched_pairs(data: GridData, technique: str) -> list[tuple[str, str]]:
+    """(without, with) cells whose technique sets differ by exactly ``technique``, both with finished runs.
+
+    When several cells share a technique set (e.g. ``tta`` and ``baseline`` in the chapter grid are both
+    checked below), each set is represented by its first finished cell in grid order.
+    """
+    by_set: dict[frozenset[str], str] = {}
+    for cell in data.cells:
+        if deployed_accuracy(data, cell):
+            by_set.setdefault(data.technique_set(cell), cell)
+    pairs = []
+    for techniques, with_cell in by_set.items():
+        if technique in techniques:
+            without = by_set.get(techniques - {technique})
+            if without is not None:
+                pairs.append((without, with_cell))
+    order = {c: i for i, c in enumerate(data.cells)}
+    return sorted(pairs, key=lambda p: (order[p[1]], order[p[0]]))
+
+
+def _context(data: GridData, technique: str, pairs: list[tuple[str, str]]) -> str:
+    if len(pairs) == 1:
+        without, with_cell = pairs[0]
+        if not data.technique_set(without):
+            return f"alone: `{with_cell}` vs `{without}`"
+        everything = frozenset().union(*(data.technique_set(c) for c in data.cells))
+        if data.technique_set(with_cell) == everything:
+            return f"in the full recipe: `{with_cell}` vs `{without}`"
+        return f"`{with_cell}` vs `{without}`"
+    return f"main effect, mean over {len(pairs)} pairs of cells"
+
+
+def technique_effect(data: GridData, technique: str) -> TechniqueEffect | None:
+    """``technique``'s effect from its matched pairs (None when the grid has no pair for it)."""
+    pairs = matched_pairs(data, technique)
+    if not pairs:
+        return None
+    accs = {c: deployed_accuracy(data, c) for pair in pairs for c in pair}
+    seeds = sorted(set.intersection(*(set(v) for v in accs.values())))
+    if seeds:
+        per_seed = [stats.mean([accs[w][s] - accs[wo][s] for wo, w in pairs]) for s in seeds]
+        summary = stats.summarize(per_seed)
+        if summary.n >= 2:
+            diff = stats.Difference(summary.mean, summary.ci_low, summary.ci_high, summary.n, "paired", summary.n - 1)
+        else:
+            diff = stats.Difference(summary.mean, math.nan, math.nan, summary.n, "none", math.nan)
+    else:  # no seed common to all cells: difference of means per pair (Welch when one pair), no pairing by seed
+        diffs = [stats.compare(accs[w], accs[wo]) for wo, w in pairs]
+        if len(diffs) == 1:
+            diff = diffs[0]
+        else:
+            diff = stats.Difference(stats.mean([d.delta for d in diffs]), math.nan, math.nan, 0, "none", math.nan)
+    ratios = []
+    for wo, w in pairs:
+        t_with, t_without = data.values(w, "metrics.wall_time_s"), data.values(wo, "metrics.wall_time_s")
+        ratios += [t_with[s] / t_without[s] for s in set(t_with) & set(t_without) if t_without[s] > 0]
+    equal = all(_epochs(data, wo) == _epochs(data, w) for wo, w in pairs)
+    return TechniqueEffect(
+        technique=technique,
+        pairs=tuple(pairs),
+        context=_context(data, technique, pairs),
+        accuracy=diff,
+        seeds=tuple(seeds),
+        time_ratio=stats.mean(ratios) if ratios else math.nan,
+        equal_budget=equal,
+    )
+
+
+def technique_effects(data: GridData) -> list[TechniqueEffect]:
+    """The effect of every technique the grid can isolate, in the canonical technique order."""
+    used = frozenset().union(*(data.technique_set(c) for c in data.cells)) if data.cells else frozenset()
+    order = [t for t in CANONICAL_ORDER if t in used] + sorted(used - set(CANONICAL_ORDER))
+    return [e for e in (technique_effect(data, t) for t in order) if e is not None]
+
+
+def effects_markdown(effects: list[TechniqueEffect]) -> str:
+    """The effects table: technique, pairs, accuracy effect with CI, verdict, time, budget."""
+    rows = []
+    for e in effects:
+        d = e.accuracy
+        if not d.has_ci:
+            verdict = "one seed: unknown"
+        elif d.significant:
+            verdict = "**helps**" if d.delta > 0 else "**hurts**"
+        else:
+            verdict = "no clear effect"
+        rows.append(
+            [
+                f"`{e.technique}`",
+                e.context,
+                format_difference(d),
+                verdict,
+                "-" if math.isnan(e.time_ratio) else f"x{e.time_ratio:.2f}",
+                "equal" if e.equal_budget else "⚠ differs",
+                ", ".join(str(s) for s in e.seeds) or "-",
+            ]
+        )
+    header = ["technique", "measured as", "accuracy effect [95% CI]", "verdict", "wall time", "epochs", "seeds"]
+    return pipe_table(header, rows, align="lllllll")
+
+
+def effect_notes(effects: list[TechniqueEffect]) -> list[str]:
+    """The footnotes under the effects table."""
+    notes = [
+        "accuracy effect: accuracy with the technique minus without it, in points, over the pairs of cells that "
+        "differ by that technique only (for `tta`, TTA accuracy vs plain accuracy: what the user gets); mean of "
+        "the per-seed effects with a Student-t 95% interval, paired by seed. A verdict needs an interval that "
+        "excludes zero.",
+        "wall time: with / without, mean over pairs and seeds (x0.80: the technique saves 20 % of the run).",
+    ]
+    if any(not e.equal_budget for e in effects):
+        unequal = ", ".join(f"`{e.technique}`" for e in effects if not e.equal_budget)
+        notes.append(
+            f"⚠ epochs differ within the pairs of {unequal}: those effects include a longer or shorter schedule "
+            "(the chapter's recipes do this; `ablations/fair.toml` gives every cell the same number of epochs)."
+        )
+    if any(len(e.pairs) > 1 for e in effects):
+        notes.append(
+            "main effect: the technique's effect averaged over every combination of the other techniques in the "
+            "grid; a technique that only helps together with another shows a smaller main effect than its best pair."
+        )
+    return notes
+
+
+def pair_lines(effects: list[TechniqueEffect]) -> list[str]:
+    """For grids with many pairs per technique: which cells were compared."""
+    lines = []
+    for e in effects:
+        if len(e.pairs) > 1:
+            shown = "; ".join(f"`{wo}` -> `{w}`" for wo, w in e.pairs[:8])
+            more = f"; and {len(e.pairs) - 8} more" if len(e.pairs) > 8 else ""
+            lines.append(f"`{e.technique}`: {shown}{more}.")
+    return lines
