@@ -317,30 +317,31 @@ def build_sections(
     ref = by_cell.get(baseline) if baseline else None
     taken: set[str] = set()
     sections = []
+    absent: list[SectionSpec] = []
     names = _class_names()
     for spec in SECTIONS:
         cell = match_section(data, spec, taken)
         if cell:
             taken.add(cell)
+        if cell is None:  # e.g. a leave-one-out grid has no cell for this step of the chapter
+            absent.append(spec)
+            continue
         section = Section(title=spec.title, intro=spec.intro, cell=cell)
-        if cell is None:
-            section.notes.append(f"This grid has no cell with exactly these techniques ({spec.key}).")
+        _epoch_section(data, cell, section)
+        summary = by_cell[cell]
+        if cell == baseline or ref is None:
+            section.effect.append(_final_sentence(cell, summary))
         else:
-            _epoch_section(data, cell, section)
-            summary = by_cell[cell]
-            if cell == baseline or ref is None:
-                section.effect.append(_final_sentence(cell, summary))
-            else:
-                section.effect.append(
-                    effect_sentence(cell, baseline or "", summary.accuracy.mean, ref.accuracy.mean, summary.difference)
-                )
-                budget = budget_sentence(summary, ref)
-                if budget:
-                    section.effect.append(budget)
-                if spec.key in ("progressive", "fp16", "all"):
-                    timing = time_sentence(summary, ref)
-                    if timing:
-                        section.effect.append(timing)
+            section.effect.append(
+                effect_sentence(cell, baseline or "", summary.accuracy.mean, ref.accuracy.mean, summary.difference)
+            )
+            budget = budget_sentence(summary, ref)
+            if budget:
+                section.effect.append(budget)
+            if spec.key in ("progressive", "fp16", "all"):
+                timing = time_sentence(summary, ref)
+                if timing:
+                    section.effect.append(timing)
         book = _book_lines(spec.techniques, spec.key)
         if book:
             section.book = book
@@ -401,6 +402,15 @@ def build_sections(
             else:
                 section.effect.append(_final_sentence(cell, summary))
         sections.append(section)
+    if absent:
+        listed = ", ".join(spec.title.split(" (")[0].lower() for spec in absent)
+        sections.append(
+            Section(
+                title="Chapter steps not in this grid",
+                intro=f"This grid has no cell with exactly the techniques of these steps of the chapter: {listed}. "
+                "`ablations/chapter.toml` has them all.",
+            )
+        )
     return sections
 
 
