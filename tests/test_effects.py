@@ -155,3 +155,8 @@ def test_factorial_grid_report_has_main_effects(tmp_path: Path):
     assert all(re.search(r"[+-]\d+\.\d\d pts \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", r) for r in rows)  # 2 seeds: a CI
     assert "Here every effect is a main effect" in section
     assert "(technique_effects.png)" in section and (readme.parent / "technique_effects.png").stat().st_size > 5000
+    titles = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert "Imagenette baseline" in titles and "Normalization" in titles and "Label smoothing" in titles
+    assert "Mixup" not in titles and "Progressive resizing" not in titles  # no such cell: one note instead
+    assert "Chapter steps not in this grid" in titles
+    assert "progressive resizing, test time augmentation, mixup" in text

@@ -109,12 +109,13 @@ def plot_accuracy_by_epoch(data: GridData, cells: Sequence[str] | None = None) -
     plt = pyplot()
     colours = cell_colours(data)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    _curves(ax, data, "accuracy", colours, cells or data.cells)
+    drew = _curves(ax, data, "accuracy", colours, cells or data.cells)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{data.grid}: validation accuracy by epoch (mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    if drew:
+        ax.legend(fontsize=8, loc="lower right", ncol=2)
     fig.tight_layout()
     return fig
 
@@ -124,13 +125,15 @@ def plot_losses(data: GridData, cells: Sequence[str] | None = None) -> Any:
     plt = pyplot()
     colours = cell_colours(data)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    drew = False
     for ax, key in zip(axes, ("train_loss", "valid_loss"), strict=True):
-        _curves(ax, data, key, colours, cells or data.cells)
+        drew = _curves(ax, data, key, colours, cells or data.cells) or drew
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("loss")
-    axes[1].legend(fontsize=8, loc="upper right", ncol=2)
+    if drew:
+        axes[1].legend(fontsize=8, loc="upper right", ncol=2)
     fig.suptitle(f"{data.grid}: losses (label smoothing and mixup change the loss's scale)", fontsize=10)
     fig.tight_layout()
     return fig
@@ -270,7 +273,7 @@ def plot_tta(data: GridData, cells: Sequence[str]) -> Any:
 def plot_effects(effects: Sequence[TechniqueEffect], grid: str) -> Any:
     """Forest plot: each technique's accuracy effect with its 95% interval (a dot alone: one seed, no interval)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(effects) + 1.6))
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(effects) + 1.8))
     for i, e in enumerate(reversed(effects)):
         d = e.accuracy
         colour = "#888888"
@@ -285,8 +288,8 @@ def plot_effects(effects: Sequence[TechniqueEffect], grid: str) -> Any:
     labels = [e.technique + ("" if e.equal_budget else " (epochs differ)") for e in reversed(effects)]
     ax.set_yticks(range(len(effects)), labels)
     ax.set_ylim(-0.7, len(effects) - 0.3)
-    ax.set_xlabel("accuracy effect of switching the technique on (points; bar: 95% CI over seeds)")
-    ax.set_title(f"{grid}: what each technique is worth (green: helps, red: hurts, grey: unclear)")
+    ax.set_xlabel("accuracy effect of switching it on (points); bar: 95% CI over seeds")
+    ax.set_title(f"{grid}: what each technique is worth\ngreen: helps, red: hurts, grey: not clear", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
