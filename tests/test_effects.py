@@ -159,4 +159,4 @@ def test_factorial_grid_report_has_main_effects(tmp_path: Path):
     assert "Imagenette baseline" in titles and "Normalization" in titles and "Label smoothing" in titles
     assert "Mixup" not in titles and "Progressive resizing" not in titles  # no such cell: one note instead
     assert "Chapter steps not in this grid" in titles
-    assert "progressive resizing, test time augmentation, mixup" in text
+    assert "Progressive resizing, Test time augmentation, Mixup" in text

@@ -403,7 +403,7 @@ def build_sections(
                 section.effect.append(_final_sentence(cell, summary))
         sections.append(section)
     if absent:
-        listed = ", ".join(spec.title.split(" (")[0].lower() for spec in absent)
+        listed = ", ".join(spec.title.split(" (")[0] for spec in absent)
         sections.append(
             Section(
                 title="Chapter steps not in this grid",
