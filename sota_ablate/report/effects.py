@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 from sota_ablate.report import stats
 from sota_ablate.report.collect import GridData
-from sota_ablate.report.tables import format_difference, pipe_table, total_epochs
+from sota_ablate.report.tables import format_difference, ordered_techniques, pipe_table, total_epochs
 
-CANONICAL_ORDER = ("fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing")
+# How the pairs of a technique were formed (``TechniqueEffect.kind``).
+ALONE, FULL_RECIPE, MAIN_EFFECT, SINGLE_PAIR = "alone", "full_recipe", "main_effect", "single_pair"
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class TechniqueEffect:
     Attributes:
         technique: the registry name.
         pairs: (cell without, cell with) for every matched pair.
-        context: how the pairs were formed, in words (``alone, vs `baseline```, ``in the full recipe``, ...).
+        kind: how the pairs were formed: ``alone`` (baseline -> the technique alone), ``full_recipe`` (everything
+            but it -> everything), ``main_effect`` (several pairs, averaged) or ``single_pair`` (any other pair).
         accuracy: the per-seed effects' mean and interval (``stats.Difference``; method ``none`` with one seed).
         seeds: the seeds every cell of the pairs finished.
         time_ratio: mean over pairs and seeds of wall time with / without (NaN when unknown).
@@ -43,11 +45,20 @@ class TechniqueEffect:
 
     technique: str
     pairs: tuple[tuple[str, str], ...]
-    context: str
+    kind: str
     accuracy: stats.Difference
     seeds: tuple[int, ...]
     time_ratio: float
     equal_budget: bool
+
+    @property
+    def context(self) -> str:
+        """The pairs in words, for the table."""
+        if self.kind == MAIN_EFFECT:
+            return f"main effect, mean over {len(self.pairs)} pairs of cells"
+        without, with_cell = self.pairs[0]
+        prefix = {ALONE: "alone: ", FULL_RECIPE: "in the full recipe: "}.get(self.kind, "")
+        return f"{prefix}`{with_cell}` vs `{without}`"
 
 
 def deployed_accuracy(data: GridData, cell: str) -> dict[int, float]:
@@ -83,16 +94,14 @@ def matched_pairs(data: GridData, technique: str) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: (order[p[1]], order[p[0]]))
 
 
-def _context(data: GridData, technique: str, pairs: list[tuple[str, str]]) -> str:
-    if len(pairs) == 1:
-        without, with_cell = pairs[0]
-        if not data.technique_set(without):
-            return f"alone: `{with_cell}` vs `{without}`"
-        everything = frozenset().union(*(data.technique_set(c) for c in data.cells))
-        if data.technique_set(with_cell) == everything:
-            return f"in the full recipe: `{with_cell}` vs `{without}`"
-        return f"`{with_cell}` vs `{without}`"
-    return f"main effect, mean over {len(pairs)} pairs of cells"
+def _kind(data: GridData, pairs: list[tuple[str, str]]) -> str:
+    if len(pairs) > 1:
+        return MAIN_EFFECT
+    without, with_cell = pairs[0]
+    if not data.technique_set(without):
+        return ALONE
+    everything = frozenset().union(*(data.technique_set(c) for c in data.cells))
+    return FULL_RECIPE if data.technique_set(with_cell) == everything else SINGLE_PAIR
 
 
 def technique_effect(data: GridData, technique: str) -> TechniqueEffect | None:
@@ -102,19 +111,15 @@ def technique_effect(data: GridData, technique: str) -> TechniqueEffect | None:
         return None
     accs = {c: deployed_accuracy(data, c) for pair in pairs for c in pair}
     seeds = sorted(set.intersection(*(set(v) for v in accs.values())))
-    if seeds:
-        per_seed = [stats.mean([accs[w][s] - accs[wo][s] for wo, w in pairs]) for s in seeds]
-        summary = stats.summarize(per_seed)
-        if summary.n >= 2:
-            diff = stats.Difference(summary.mean, summary.ci_low, summary.ci_high, summary.n, "paired", summary.n - 1)
-        else:
-            diff = stats.Difference(summary.mean, math.nan, math.nan, summary.n, "none", math.nan)
-    else:  # no seed common to all cells: difference of means per pair (Welch when one pair), no pairing by seed
-        diffs = [stats.compare(accs[w], accs[wo]) for wo, w in pairs]
-        if len(diffs) == 1:
-            diff = diffs[0]
-        else:
-            diff = stats.Difference(stats.mean([d.delta for d in diffs]), math.nan, math.nan, 0, "none", math.nan)
+    if seeds:  # per seed: mean over pairs with the technique vs without it (mean of differences = difference of means)
+        with_mean = [stats.mean([accs[w][s] for _, w in pairs]) for s in seeds]
+        without_mean = [stats.mean([accs[wo][s] for wo, _ in pairs]) for s in seeds]
+        diff = stats.paired_difference(with_mean, without_mean)
+    elif len(pairs) == 1:  # the two cells ran different seeds: Welch
+        diff = stats.compare(accs[pairs[0][1]], accs[pairs[0][0]])
+    else:
+        deltas = [stats.compare(accs[w], accs[wo]).delta for wo, w in pairs]
+        diff = stats.Difference(stats.mean(deltas), math.nan, math.nan, 0, "none", math.nan)
     ratios = []
     for wo, w in pairs:
         t_with, t_without = data.values(w, "metrics.wall_time_s"), data.values(wo, "metrics.wall_time_s")
@@ -123,7 +128,7 @@ def technique_effect(data: GridData, technique: str) -> TechniqueEffect | None:
     return TechniqueEffect(
         technique=technique,
         pairs=tuple(pairs),
-        context=_context(data, technique, pairs),
+        kind=_kind(data, pairs),
         accuracy=diff,
         seeds=tuple(seeds),
         time_ratio=stats.mean(ratios) if ratios else math.nan,
@@ -133,9 +138,8 @@ def technique_effect(data: GridData, technique: str) -> TechniqueEffect | None:
 
 def technique_effects(data: GridData) -> list[TechniqueEffect]:
     """The effect of every technique the grid can isolate, in the canonical technique order."""
-    used = frozenset().union(*(data.technique_set(c) for c in data.cells)) if data.cells else frozenset()
-    order = [t for t in CANONICAL_ORDER if t in used] + sorted(used - set(CANONICAL_ORDER))
-    return [e for e in (technique_effect(data, t) for t in order) if e is not None]
+    used = frozenset().union(*(data.technique_set(c) for c in data.cells))
+    return [e for e in (technique_effect(data, t) for t in ordered_techniques(used)) if e is not None]
 
 
 def effects_markdown(effects: list[TechniqueEffect]) -> str:

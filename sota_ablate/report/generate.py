@@ -537,14 +537,16 @@ def _effects_section(data: GridData, writer: _Writer) -> Section | None:
 
 
 def _effect_intro(found: list[effects.TechniqueEffect]) -> str:
-    kinds = {e.context.split(":")[0] for e in found}
-    if kinds == {"alone"}:
-        return "Here every technique is measured alone, on top of the baseline (the chapter's view)."
-    if kinds == {"in the full recipe"}:
-        return "Here every technique is measured inside the full recipe: everything against everything but it."
-    if all(k.startswith("main effect") for k in kinds):
-        return "Here every effect is a main effect: the mean over every combination of the other techniques."
-    return ""
+    kinds = {e.kind for e in found}
+    return {
+        frozenset(
+            {effects.ALONE}
+        ): "Here every technique is measured alone, on top of the baseline (the chapter's view).",
+        frozenset({effects.FULL_RECIPE}): "Here every technique is measured inside the full recipe: everything "
+        "against everything but it.",
+        frozenset({effects.MAIN_EFFECT}): "Here every effect is a main effect: the mean over every combination of "
+        "the other techniques.",
+    }.get(frozenset(kinds), "")
 
 
 def _overview(data: GridData, summaries: list[CellSummary]) -> list[str]:

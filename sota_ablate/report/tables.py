@@ -24,7 +24,8 @@ from sota_ablate.report.collect import GridData
 
 BOOK = "fastbook-ch7"
 REPLICATION = "000_c02ea65f3b71f318.txt"
-ALL_TECHNIQUES = frozenset({"fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing"})
+TECHNIQUE_ORDER = ("fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing")  # the chapter's order
+ALL_TECHNIQUES = frozenset(TECHNIQUE_ORDER)
 
 # cell technique set -> (source, recipe) rows of published_results.csv whose last epoch is the cell's counterpart
 PUBLISHED_RECIPES: dict[frozenset[str], tuple[tuple[str, str], ...]] = {
@@ -208,11 +209,15 @@ def _mean_of(values: dict[int, float]) -> float:
     return stats.mean(list(values.values()))
 
 
+def ordered_techniques(techniques: Iterable[str]) -> list[str]:
+    """The techniques in the canonical order (unknown names last, sorted)."""
+    techniques = set(techniques)
+    return [t for t in TECHNIQUE_ORDER if t in techniques] + sorted(techniques - ALL_TECHNIQUES)
+
+
 def technique_label(techniques: frozenset[str]) -> str:
     """Comma-separated in the canonical order (as the runs' ``techniques`` tag); ``none`` for the baseline."""
-    order = ["fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing"]
-    ordered = [t for t in order if t in techniques] + sorted(t for t in techniques if t not in order)
-    return ",".join(ordered) or "none"
+    return ",".join(ordered_techniques(techniques)) or "none"
 
 
 def status_text(data: GridData, cell: str) -> tuple[str, bool]:
