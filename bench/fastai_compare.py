@@ -151,7 +151,7 @@ def ours_limit(args: argparse.Namespace, device: torch.device) -> float:
 
     torch.manual_seed(1234)
     model = create_model(args.model, n_out=10).to(device)
-    channels_last = device.type in ("cuda", "cpu")  # as runner.run_cell
+    channels_last = device.type in ("cuda", "cpu")  # as cell_run.run_cell
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     autocast, scaler = precision_slots(args.fp16, device)
@@ -195,9 +195,8 @@ def data_config(args: argparse.Namespace) -> Any:
 
 
 def run_ours(args: argparse.Namespace, seed: int, device: torch.device, limit: float) -> RunResult:
-    """sota_ablate's baseline cell (``fp16`` with ``--fp16``) for one seed, as ``runner.run_cell`` builds it."""
+    """sota_ablate's baseline cell (``fp16`` with ``--fp16``) for one seed, as ``cell_run.run_cell`` builds it."""
     from sota_ablate.config import TrainConfig
-    from sota_ablate.runner import seed_everything
     from sota_ablate.techniques import create_techniques
     from sota_ablate.train.loop import fit
     from sota_ablate.train.state import build_state
@@ -205,7 +204,7 @@ def run_ours(args: argparse.Namespace, seed: int, device: torch.device, limit: f
     data, setup_s = load_ours(args, device)
     cfg = TrainConfig(model=args.model, epochs=args.epochs, size=args.size, batch_size=args.bs, lr=args.lr, seed=seed)
     cfg.validate()
-    seed_everything(seed)
+    torch.manual_seed(seed)  # as cell_run.run_cell
     s = build_state(cfg, data, device)
     records = fit(s, create_techniques(["fp16"] if args.fp16 else []))
     return RunResult(

@@ -92,7 +92,7 @@ def pipeline_only(data: ImageData, size: int, batch_size: int, device: torch.dev
 
 
 def state_for(cfg: TrainConfig, data: ImageData, device: torch.device, impl: str = "default") -> TrainState:
-    """The TrainState ``runner.run_cell`` builds (channels_last model, fastai's Adam)."""
+    """The TrainState ``cell_run.run_cell`` builds (channels_last model, fastai's Adam)."""
     torch.manual_seed(0)
     s = build_state(cfg, data, device)
     s.optimizer = with_impl(s.optimizer, impl)
@@ -247,17 +247,16 @@ def chapter_estimate(rates: dict[tuple[int, int, str], tuple[float, float]]) -> 
     Returns:
         Total seconds (training + validation + TTA; no decode cache, no MLflow) and one line per cell.
     """
-    from sota_ablate.grid import load_grid, resolve_cell
+    from sota_ablate.grid import load_grid
+    from sota_ablate.plan import resolve_cell
     from sota_ablate.profiles import get_profile
-    from sota_ablate.runner import base_config
     from sota_ablate.train.loop import plan_stages
 
     profile = get_profile("chapter")
-    grid = load_grid(Path(__file__).resolve().parents[1] / "ablations" / "chapter.toml")
-    base = base_config(profile, {})
+    grid = load_grid("chapter")
     total, lines = 0.0, []
     for cell in grid.cells:
-        cfg, techniques = resolve_cell(cell, base, profile.techniques)
+        cfg, techniques = resolve_cell(cell, grid, profile, {}, profile.epochs_scale)
         names = {t.name for t in techniques}
         precision = "fp16" if "fp16" in names else "fp32"
         stages = plan_stages(techniques, SimpleNamespace(cfg=cfg))  # type: ignore[arg-type]  # reads .cfg only

@@ -1,4 +1,8 @@
-"""Command line: ``python -m sota_ablate {run-grid,run,list-techniques,profiles,report,ui}``."""
+"""Command line: ``python -m sota_ablate {run-grid,run,list-grids,list-techniques,profiles,report,ui}``.
+
+Options shared by several commands (``--tracking-uri``, ``--experiment``, ``--debug``) are defined once, in parent
+parsers. The package's modules are imported by the command that needs them, so ``--help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,9 @@ import shlex
 import sys
 import tomllib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-DEFAULT_GRID = "ablations/chapter.toml"
+DEFAULT_GRID = "chapter"  # a built-in grid (sota_ablate/grids/chapter.toml)
 DEFAULT_EXPERIMENT = "sota_ablate"
 
 
@@ -49,9 +52,35 @@ def _parse_seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
+def _tracking_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
+    )
+    return p
+
+
+def _experiment_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    return p
+
+
+def _debug_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return p
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to run")
-    g.add_argument("--grid", default=None, help=f"grid TOML file (default: {DEFAULT_GRID} if present)")
+    g.add_argument(
+        "--grid",
+        default=DEFAULT_GRID,
+        help=f"a built-in grid's name (list-grids shows them) or a grid TOML file (default: {DEFAULT_GRID})",
+    )
     g.add_argument(
         "--profile",
         choices=["chapter", "quick", "smoke"],
@@ -95,12 +124,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/sota_ablate/cache)")
     t = p.add_argument_group("tracking and hardware")
-    t.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
-    )
-    t.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     t.add_argument("--log-model", action="store_true", help="also log each cell's model weights")
     r = t.add_mutually_exclusive_group()
@@ -122,7 +145,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="epoch checkpoints of unfinished cells (default: checkpoints/ next to a sqlite store, else ./checkpoints)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar (epoch tables still print)")
-    t.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ablation suite for fastbook chapter 7: every technique measured, tracked in MLflow.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tracking, experiment, debug = _tracking_parent(), _experiment_parent(), _debug_parent()
+    store = [tracking, experiment, debug]
     p = sub.add_parser(
         "run-grid",
+        parents=store,
         help="train every cell of a grid (one MLflow parent run, a child per cell)",
         description="Train every cell x seed of a grid; finished cells are kept and skipped "
         "when the same command is rerun.",
@@ -140,29 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--cells", default=None, help="only these cells, comma-separated (e.g. baseline,mixup)")
     _add_executor_options(p)
-    p = sub.add_parser("run", help="train one cell of a grid", description="Train one cell of a grid.")
+    p = sub.add_parser("run", parents=store, help="train one cell of a grid", description="Train one cell of a grid.")
     p.add_argument("--cell", required=True, help="the cell's name in the grid file, e.g. baseline")
     _add_run_options(p)
+    sub.add_parser(
+        "list-grids",
+        help="the built-in grids: names, descriptions, cells",
+        description="List the grids that ship with sota_ablate (usable as --grid NAME from any folder).",
+    )
     sub.add_parser(
         "list-techniques",
         help="the technique registry: names, hyperparameters, sources",
         description="List every registered technique with its hyperparameters and source.",
     )
     sub.add_parser("profiles", help="the profiles and their settings", description="List the profiles.")
-    _add_report_parser(sub)
+    _add_report_parser(sub, store)
     p = sub.add_parser(
         "ui",
+        parents=[tracking, debug],
         help="the MLflow UI for the runs, on 127.0.0.1",
         description="Start the MLflow UI (mlflow server) on 127.0.0.1 for the store run-grid uses, print its URL, "
         "and stop it on Ctrl-C. For an http(s):// store (a tracking server) print its address instead.",
     )
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0: any free port)")
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return parser
 
 
@@ -194,9 +219,10 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_report_parser(sub: Any) -> None:
+def _add_report_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "report",
+        parents=parents,
         help="write the markdown report of a grid from its MLflow runs",
         description="Write reports/<grid>/README.md and its figures from a grid's MLflow runs (the newest grid "
         "run by default), and log them to that grid run under report/.",
@@ -207,12 +233,6 @@ def _add_report_parser(sub: Any) -> None:
         action="store_true",
         help="aggregate every grid run of the same grid, profile and epoch scale (seeds from several run-grid calls)",
     )
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
-    )
     p.add_argument("--out", default="reports", help="reports folder; the report goes to <out>/<grid>/")
     p.add_argument(
         "--data",
@@ -222,7 +242,6 @@ def _add_report_parser(sub: Any) -> None:
         "(default: the grid run's recorded folder, if it exists here)",
     )
     p.add_argument("--no-log", action="store_true", help="do not log the report to the grid run")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
 def list_techniques(out: Any = None) -> None:
@@ -236,6 +255,17 @@ def list_techniques(out: Any = None) -> None:
             f"{name}\n    {cls.summary}\n    hyperparameters: {defaults}\n    source: {cls.source}\n",
             file=out,
         )
+
+
+def list_grids(out: Any = None) -> None:
+    from sota_ablate.grid import builtin_grids, load_grid
+
+    out = out or sys.stdout
+    for name, path in builtin_grids().items():
+        grid = load_grid(path)
+        cells = ", ".join(c.name for c in grid.cells)
+        seeds = ", ".join(str(s) for s in grid.seeds)
+        print(f"{name}\n    {grid.description}\n    cells: {cells}\n    seeds: {seeds}\n    file: {path}\n", file=out)
 
 
 def _fmt(v: Any) -> str:
@@ -273,8 +303,9 @@ def _device(text: str) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from sota_ablate.data import DataConfig
     from sota_ablate.grid import load_grid
+    from sota_ablate.grid_run import run_grid
+    from sota_ablate.plan import RunOptions
     from sota_ablate.profiles import default_profile, get_profile
-    from sota_ablate.runner import RunOptions, run_grid
     from sota_ablate.tracking import Tracker, resolve_tracking_uri
 
     executor = _executor(args)
@@ -286,15 +317,13 @@ def _run(args: argparse.Namespace) -> int:
         name = args.profile
         print(f"profile: {name}")
     profile = get_profile(name)
-    grid_path = args.grid or DEFAULT_GRID
-    if args.grid is None and not Path(grid_path).is_file():
-        raise CliError(
-            f"no --grid given and {DEFAULT_GRID} is not here; run from the repository root or pass --grid FILE"
-        )
-    grid = load_grid(grid_path)
-    cells = [args.cell] if args.command == "run" else (args.cells.split(",") if args.cells else None)
-    if cells:
-        grid = grid.select([c.strip() for c in cells if c.strip()])
+    grid = load_grid(args.grid)
+    cells = [args.cell] if args.command == "run" else (args.cells.split(",") if args.cells is not None else None)
+    if cells is not None:
+        names = [c.strip() for c in cells if c.strip()]
+        if not names:
+            raise CliError(f"--cells {args.cells!r} names no cell; use e.g. --cells baseline,mixup")
+        grid = grid.select(names)
     data_kw: dict[str, Any] = dict(profile.data)
     if args.data:
         data_kw.update(source="folder", path=args.data)
@@ -352,7 +381,8 @@ def _executor(args: argparse.Namespace) -> Any:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from sota_ablate.tracking import resolve_tracking_uri, serve_ui
+    from sota_ablate.server import serve_ui
+    from sota_ablate.tracking import resolve_tracking_uri
 
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port {args.port}: use 1-65535, or 0 for any free port")
@@ -360,7 +390,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sota_ablate.report import generate_report
+    from sota_ablate.report.generate import generate_report
     from sota_ablate.tracking import Tracker, mask_uri, resolve_tracking_uri
 
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
@@ -395,6 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    from sota_ablate.tracking import HTTP_RETRY_DEFAULTS
+
+    for key, value in HTTP_RETRY_DEFAULTS.items():  # one bounded retry budget for a tracking server
+        os.environ.setdefault(key, value)
     if not debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines between the epoch rows
     if args.command == "list-techniques":
@@ -403,13 +437,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "profiles":
         list_profiles()
         return 0
+    if args.command == "list-grids":
+        list_grids()
+        return 0
     from sota_ablate import interrupts
     from sota_ablate.config import ConfigError
     from sota_ablate.data import DataError
-    from sota_ablate.executors import ExecutorError
+    from sota_ablate.executors.base import ExecutorError
     from sota_ablate.grid import GridError
     from sota_ablate.registry import UnknownNameError
-    from sota_ablate.report import ReportError
+    from sota_ablate.report.collect import ReportError
     from sota_ablate.tracking import TrackingError, mask_uri
     from sota_ablate.train.checkpoint import CheckpointError
 
@@ -433,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {mask_uri(str(err))}", file=sys.stderr)
+        if isinstance(err, TrackingError) and "stopped answering" in str(err) and args.command in ("run-grid", "run"):
+            print("to continue, run:\n  " + resume_command(sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.command in ("run-grid", "run"):

@@ -33,11 +33,12 @@ import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sota_ablate.config import ConfigError, TrainConfig, apply_overrides, flatten
-from sota_ablate.techniques import create_techniques, technique_names
+from sota_ablate.config import ConfigError
+from sota_ablate.techniques import check_compatible, technique_names
 
 GENERATORS = ("one_at_a_time", "all", "leave_one_out", "factorial")
 TOP_LEVEL_KEYS = ("name", "description", "seeds", "generate", "techniques", "defaults", "cells", "overrides")
@@ -119,9 +120,18 @@ def generate_cells(mode: str, techniques: Sequence[str]) -> list[Cell]:
     - ``one_at_a_time``: baseline, each technique alone, all of them (the chapter's story).
     - ``all``: just the cell with every technique.
     - ``leave_one_out``: all, and all minus each technique (``no_<name>``).
-    - ``factorial``: every subset (2**n cells), named by their techniques joined with ``+``.
+    - ``factorial``: every subset (2**n cells), named by their techniques joined with ``+``; subsets with
+      techniques that cannot be combined (both replace the training batch: ``mixup`` and ``cutmix``) are left out.
+
+    Raises:
+        GridError: an unknown generator, or ``all``-style cells over techniques that cannot be combined.
     """
     techniques = list(techniques)
+    if mode in ("one_at_a_time", "all", "leave_one_out"):
+        try:
+            check_compatible(techniques)
+        except ConfigError as err:
+            raise GridError(f"generate = {mode!r} needs a cell with all of {techniques}, but {err}") from None
     if mode == "one_at_a_time":
         return [Cell("baseline", ()), *[Cell(t, (t,)) for t in techniques], Cell("all", tuple(techniques))]
     if mode == "all":
@@ -134,9 +144,18 @@ def generate_cells(mode: str, techniques: Sequence[str]) -> list[Cell]:
         cells = []
         for r in range(len(techniques) + 1):
             for combo in itertools.combinations(techniques, r):
-                cells.append(Cell("+".join(combo) or "baseline", tuple(combo)))
+                if _compatible(combo):
+                    cells.append(Cell("+".join(combo) or "baseline", tuple(combo)))
         return cells
     raise GridError(f"unknown generator {mode!r}; use one of: {', '.join(GENERATORS)}")
+
+
+def _compatible(names: Sequence[str]) -> bool:
+    try:
+        check_compatible(names)
+    except ConfigError:
+        return False
+    return True
 
 
 def check_name(name: str, what: str, source: str) -> None:
@@ -170,7 +189,12 @@ def parse_grid(data: dict[str, Any], source: str = "<grid>") -> Grid:
     cells: list[Cell] = []
     if "generate" in data:
         techs = data.get("techniques", known_techs)
-        cells += generate_cells(str(data["generate"]), techs)
+        if not isinstance(techs, list) or not all(isinstance(t, str) for t in techs):
+            raise GridError(f'{source}: techniques must be a list of technique names, like techniques = ["mixup"]')
+        try:
+            cells += generate_cells(str(data["generate"]), techs)
+        except GridError as err:
+            raise GridError(f"{source}: {err}") from None
     elif "techniques" in data:
         raise GridError(f"{source}: 'techniques' at the top level needs 'generate' (e.g. generate = \"all\")")
     for i, raw in enumerate(data.get("cells", [])):
@@ -199,15 +223,13 @@ def parse_grid(data: dict[str, Any], source: str = "<grid>") -> Grid:
         overrides = _deep_merge(cell_defaults, c.overrides)
         overrides = _deep_merge(overrides, per_cell.get(c.name, {}))
         merged.append(Cell(c.name, c.techniques, overrides, c.description))
-    grid = Grid(
+    return Grid(
         name=str(name),
         cells=tuple(merged),
         seeds=tuple(seeds),
         description=str(data.get("description", "")),
         source=source,
     )
-    validate_grid(grid)
-    return grid
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -220,54 +242,40 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_grid(grid: Grid) -> None:
-    """Resolve every cell once so unknown techniques, keys and bad values fail before any training."""
-    for cell in grid.cells:
-        try:
-            resolve_cell(cell, TrainConfig())
-        except (ConfigError, KeyError, ValueError) as err:
-            raise GridError(f"{grid.source}: cell {cell.name!r}: {err}") from None
+def builtin_grids() -> dict[str, Path]:
+    """The grids that ship with the package (``sota_ablate/grids/*.toml``; ``ablations/`` in a checkout), by name."""
+    folder = resources.files("sota_ablate").joinpath("grids")
+    return {Path(str(f)).stem: Path(str(f)) for f in sorted(folder.iterdir(), key=str) if str(f).endswith(".toml")}
 
 
-def resolve_cell(cell: Cell, base: TrainConfig, technique_overrides: dict[str, dict[str, Any]] | None = None):
-    """Return (TrainConfig, techniques) for a cell on top of ``base`` (the profile's config).
+def find_grid(name_or_path: str | Path) -> Path:
+    """The grid file ``--grid`` means: an existing file, else a built-in grid's name (``chapter``, ``fair``, ...).
 
-    Args:
-        cell: the cell.
-        base: config from the profile.
-        technique_overrides: technique hyperparameters from the profile, under the cell's own.
+    Raises:
+        GridError: neither (the message lists the built-in grids and the closest name).
     """
-    recipe, techs = cell.split_overrides()
-    cfg = apply_overrides(base, recipe, where=f"cell {cell.name!r}")
-    cfg.validate()
-    merged = {k: dict(v) for k, v in (technique_overrides or {}).items() if k in cell.techniques}
-    for k, v in techs.items():
-        merged.setdefault(k, {}).update(v)
-    for k in techs:
-        if k not in cell.techniques:
-            raise GridError(
-                f"cell {cell.name!r} sets hyperparameters of {k!r}, which is not among its techniques "
-                f"({', '.join(cell.techniques) or 'none'}); add it to techniques or remove the table"
-            )
-    return cfg, create_techniques(cell.techniques, merged)
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    builtin = builtin_grids()
+    key = str(name_or_path).removesuffix(".toml")
+    if key in builtin and path.parent == Path("."):
+        return builtin[key]
+    close = difflib.get_close_matches(key, list(builtin), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise GridError(
+        f"grid {str(name_or_path)!r} is neither a file nor a built-in grid.{hint} Pass --grid with a path to a "
+        f"TOML file or one of the built-in grids: {', '.join(builtin)} (list-grids shows them)."
+    )
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read a grid TOML file. Errors name the file and line (syntax) or the key (content)."""
-    p = Path(path)
-    if not p.is_file():
-        raise GridError(f"grid file {str(p)!r} does not exist; pass --grid with a path like ablations/chapter.toml")
+def load_grid(name_or_path: str | Path) -> Grid:
+    """Read a grid: a TOML file or a built-in grid's name. Errors name the file and line (syntax) or the key."""
+    p = find_grid(name_or_path)
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise GridError(f"{p}: TOML syntax error: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise GridError(f"cannot read the grid file {p}: {err}") from None
     return parse_grid(data, source=str(p))
-
-
-def cell_params(cell: Cell, cfg: TrainConfig, techniques: Sequence[Any]) -> dict[str, Any]:
-    """The resolved hyperparameters of a cell, flattened for logging."""
-    params = {f"train.{k}": v for k, v in flatten(cfg).items()}
-    for t in techniques:
-        for k, v in t.hyperparameters().items():
-            params[f"tech.{t.name}.{k}"] = v
-    return params

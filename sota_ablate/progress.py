@@ -6,8 +6,10 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
+from tqdm.auto import tqdm
+
 from sota_ablate.train.evaluate import EvalResult
-from sota_ablate.train.loop import EpochRecord, LoopObserver
+from sota_ablate.train.record import EpochRecord, LoopObserver
 from sota_ablate.train.state import Stage, TrainState
 
 
@@ -26,15 +28,20 @@ def table_row(values: Sequence[str], widths: Sequence[int]) -> str:
     return "  ".join(str(v).ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
 
 
+def _header(with_stage: bool, extra: Sequence[str]) -> list[str]:
+    return list(HEADER) + (["stage", "size"] if with_stage else []) + list(extra)
+
+
 def epoch_table(records: Sequence[EpochRecord], with_stage: bool = False) -> str:
-    """The whole epoch table as text (used for the terminal and for the report)."""
-    header = list(HEADER) + (["stage", "size"] if with_stage else [])
-    rows = [header] + [_row(r, with_stage) for r in records]
+    """The whole epoch table as text (the ``epochs.txt`` artifact); techniques' per-epoch metrics at the end."""
+    extra = sorted({k for r in records for k in r.extra})
+    header = _header(with_stage, extra)
+    rows = [header] + [_row(r, with_stage, extra) for r in records]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     return "\n".join(table_row(row, widths) for row in rows)
 
 
-def _row(r: EpochRecord, with_stage: bool) -> list[str]:
+def _row(r: EpochRecord, with_stage: bool, extra: Sequence[str] = ()) -> list[str]:
     row = [
         str(r.epoch),
         f"{r.train_loss:.6f}",
@@ -44,7 +51,7 @@ def _row(r: EpochRecord, with_stage: bool) -> list[str]:
     ]
     if with_stage:
         row += [r.stage, str(r.size)]
-    return row
+    return row + [f"{r.extra[k]:.6f}" if k in r.extra else "-" for k in extra]
 
 
 class ConsoleProgress(LoopObserver):
@@ -52,12 +59,17 @@ class ConsoleProgress(LoopObserver):
 
     WIDTHS = (5, 10, 10, 8, 5, 17, 4)
 
-    def __init__(self, title: str, stream: IO[str] | None = None, bar: bool = True) -> None:
+    def __init__(self, title: str, stream: IO[str] | None = None, bar: bool = True, extra: Sequence[str] = ()) -> None:
+        """``extra``: the per-epoch metrics the cell's techniques add (``Technique.epoch_metric_keys``)."""
         self.title = title
         self.stream = stream or sys.stdout
         self.use_bar = bar
+        self.extra = list(extra)
         self._bar: Any = None
         self._with_stage = False
+
+    def _widths(self) -> list[int]:
+        return list(self.WIDTHS[: len(HEADER) + (2 if self._with_stage else 0)]) + [max(8, len(k)) for k in self.extra]
 
     def _write(self, text: str) -> None:
         if self._bar is not None:
@@ -67,10 +79,8 @@ class ConsoleProgress(LoopObserver):
 
     def start(self, s: TrainState, total_steps: int, stages: Sequence[Stage]) -> None:
         self._with_stage = len(stages) > 1
-        header = list(HEADER) + (["stage", "size"] if self._with_stage else [])
+        header = _header(self._with_stage, self.extra)
         if self.use_bar:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(
                 total=total_steps,
                 desc=self.title,
@@ -80,15 +90,15 @@ class ConsoleProgress(LoopObserver):
                 file=sys.stderr,
                 mininterval=0.5,
             )
-        self._write(table_row(header, self.WIDTHS[: len(header)]))
+        self._write(table_row(header, self._widths()))
 
     def batch(self) -> None:
         if self._bar is not None:
             self._bar.update(1)
 
     def epoch(self, record: EpochRecord, result: EvalResult) -> None:
-        row = _row(record, self._with_stage)
-        self._write(table_row(row, self.WIDTHS[: len(row)]))
+        row = _row(record, self._with_stage, self.extra)
+        self._write(table_row(row, self._widths()))
 
     def finish(self) -> None:
         if self._bar is not None:

@@ -15,35 +15,50 @@ import json
 import logging
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from sota_ablate import schema
 from sota_ablate.interrupts import protected
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LENGTH = 6000
-# Characters MLflow rejects in metric, param and tag keys (it allows alphanumerics, _ - . space : /).
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
-
-
-def safe_key(key: str) -> str:
-    """``key`` with every character MLflow rejects replaced by ``_`` (factorial cells are named ``a+b``)."""
-    return _KEY_UNSAFE.sub("_", key)
 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI (password masked) and the fix."""
+
+
+# How long one MLflow HTTP call may keep trying before a grid gives up (``cli.main`` sets these defaults; the
+# environment overrides them): 4 retries with exponential backoff (2, 4, 8, 16 s) and 20 s per attempt, about two
+# minutes in all for a server that is down, instead of MLflow's own 4 minutes (refused) to 20 minutes (hung).
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def is_store_error(err: BaseException) -> bool:
+    """True for an error of the tracking store itself (MLflow, its HTTP client, the database), not of training."""
+    module = type(err).__module__ or ""
+    return module.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
+
+
+def outage(err: BaseException, uri: str) -> TrackingError:
+    """The error for a store that stopped answering mid-grid: what happened and how to continue."""
+    first = str(err).splitlines()[0][:300] if str(err) else ""
+    return TrackingError(
+        f"the MLflow tracking store {mask_uri(uri)} stopped answering ({type(err).__name__}: {mask_uri(first)}) "
+        "after the retries MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT allow. Finished cells are kept there and "
+        "the interrupted one in its checkpoint: once the store is back, run the same command again."
+    )
 
 
 def resolve_tracking_uri(cli_uri: str | None = None) -> str:
@@ -166,7 +181,7 @@ class Run:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(safe_key(k), float(v), ts, step) for k, v in metrics.items()]
+        items = [Metric(schema.safe_key(k), float(v), ts, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -207,6 +222,11 @@ class Run:
             torch.save(dict(state), buf)
             local.write_bytes(buf.getvalue())
             self.client.log_artifact(self.run_id, str(local), str(Path(path).parent))
+
+    def discard(self) -> None:
+        """Withdraw a run that lost its claim (``lease.py``): stopped and deleted, never shown as a result."""
+        self.end("KILLED")
+        self.client.delete_run(self.run_id)
 
     def end(self, status: str = "FINISHED") -> None:
         if self._monitor is not None:
@@ -318,7 +338,7 @@ class Tracker:
         """Create a run (nested under ``parent`` when given)."""
         all_tags = {k: _stringify(v) for k, v in (tags or {}).items()}
         if parent is not None:
-            all_tags["mlflow.parentRunId"] = parent.run_id
+            all_tags[schema.PARENT] = parent.run_id
         run = self.client.create_run(self.experiment_id(), run_name=name, tags=all_tags)
         return Run(self, run.info.run_id, system_metrics=system_metrics)
 
@@ -336,21 +356,6 @@ class Tracker:
         if run.info.experiment_id != self.experiment_id() or run.info.lifecycle_stage == "deleted":
             return None
         return run.info.status, dict(run.data.tags)
-
-    @contextmanager
-    def run(self, name: str, **kwargs: Any):
-        """Context manager: FINISHED on success, KILLED on Ctrl-C, FAILED on an exception (re-raised)."""
-        run = self.start_run(name, **kwargs)
-        try:
-            yield run
-        except KeyboardInterrupt:
-            run.end("KILLED")
-            raise
-        except BaseException:
-            run.end("FAILED")
-            raise
-        else:
-            run.end("FINISHED")
 
     def search_runs(self, filter_string: str = "", max_results: int = 10000) -> Any:
         """``mlflow.search_runs`` over this experiment, as a pandas DataFrame."""
@@ -399,11 +404,14 @@ class Tracker:
         seed: int | None = None,
     ) -> list[str]:
         """End the RUNNING child runs of a grid run (only those of ``cell`` and ``seed`` when given) with
-        ``status`` and a ``sota_ablate.failure`` tag: runs whose process died and so never ended them."""
-        df = self.search_runs(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'")
+        ``status`` and a failure tag (``schema.FAILURE``): runs whose process died and so never ended them."""
+        df = self.search_runs(f"tags.`{schema.PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'")
         if df.empty:
             return []
-        for column, value in (("tags.cell", cell), ("tags.seed", None if seed is None else str(seed))):
+        for column, value in (
+            (f"tags.{schema.CELL}", cell),
+            (f"tags.{schema.SEED}", None if seed is None else str(seed)),
+        ):
             if value is not None:
                 df = df[df[column] == value] if column in df else df.iloc[0:0]
         ids = [str(r) for r in df["run_id"]]
@@ -412,8 +420,8 @@ class Tracker:
         return ids
 
     def end_run(self, run_id: str, status: str, reason: str) -> None:
-        """End a run some other process left open, with ``status`` and the ``sota_ablate.failure`` tag."""
-        self.client.set_tag(run_id, "sota_ablate.failure", reason[:5000])
+        """End a run some other process left open, with ``status`` and the failure tag (``schema.FAILURE``)."""
+        self.client.set_tag(run_id, schema.FAILURE, reason[:5000])
         self.client.set_terminated(run_id, status=status)
 
     def mark_running(self, run_id: str) -> None:
@@ -423,137 +431,3 @@ class Tracker:
     def artifact_location(self) -> str:
         """Where the experiment's runs put their artifacts (``mlflow-artifacts:/...`` when a server proxies them)."""
         return str(self.client.get_experiment(self.experiment_id()).artifact_location)
-
-
-# The tracking server and UI: ``mlflow server`` as a child process.
-
-
-def is_server_uri(uri: str) -> bool:
-    """True for ``http(s)://`` tracking URIs (a tracking server) rather than a database or file store."""
-    return uri.split(":", 1)[0].lower() in ("http", "https")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def server_command(
-    backend_uri: str,
-    port: int,
-    host: str = "127.0.0.1",
-    artifacts_destination: str | None = None,
-    workers: int = 1,
-) -> list[str]:
-    """``mlflow server`` serving ``backend_uri`` (and proxying artifacts to ``artifacts_destination``)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri]
-    cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
-    if artifacts_destination:
-        cmd += ["--artifacts-destination", artifacts_destination]
-    return cmd
-
-
-def server_env() -> dict[str, str]:
-    """The environment for ``mlflow server``: no job-execution workers (2 processes and ~6 s to start, not ~15)."""
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
-def start_server(
-    backend_uri: str,
-    port: int,
-    host: str = "127.0.0.1",
-    artifacts_destination: str | None = None,
-    timeout_s: float = 120.0,
-    **popen: Any,
-) -> subprocess.Popen[bytes]:
-    """Start ``mlflow server`` in its own process group and return once it answers ``/health``.
-
-    Stop it with ``stop_server``. Raises TrackingError if it exits or does not answer within ``timeout_s``.
-    """
-    cmd = server_command(backend_uri, port, host, artifacts_destination)
-    die = _die_with_parent if sys.platform == "linux" else None
-    proc = subprocess.Popen(cmd, env=server_env(), start_new_session=True, preexec_fn=die, **popen)
-    url = f"http://{host}:{port}/health"
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise TrackingError(f"mlflow server for {mask_uri(backend_uri)} exited ({proc.returncode}) at start")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return proc
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TrackingError(f"mlflow server on {host}:{port} did not answer within {timeout_s:.0f} s")
-            time.sleep(0.25)
-    except BaseException:  # Ctrl-C included: never leave a server behind
-        stop_server(proc)
-        raise
-
-
-def _die_with_parent() -> None:
-    """In the server's process, before exec (Linux): SIGTERM when the process that started it dies, so a killed
-    ``ui`` command or test run leaves no server behind (its own session shields it from their signals)."""
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
-    """SIGTERM to the server's process group (its workers too), SIGKILL after ``timeout_s``."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        proc.wait()
-
-
-def serve_ui(uri: str, port: int = 5000, out: IO[str] | None = None) -> int:
-    """The MLflow UI for store ``uri`` on 127.0.0.1:``port`` (0: any free port) until Ctrl-C; returns 0.
-
-    A tracking server (``http(s)://``) already is a UI: its address is printed and nothing is started.
-    """
-    out = out or sys.stdout
-    if is_server_uri(uri):
-        print(f"{mask_uri(uri)} is a tracking server: its UI is at that address (nothing to start)", file=out)
-        return 0
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
-        if not db.is_file():
-            raise TrackingError(
-                f"no MLflow store at {db.resolve()}: run the ui command in the folder where run-grid ran, or pass "
-                "--tracking-uri (or set MLFLOW_TRACKING_URI)"
-            )
-    if port == 0:
-        port = free_port()
-    elif not port_is_free(port):
-        raise TrackingError(f"port {port} on 127.0.0.1 is in use: pass --port N, or --port 0 for any free port")
-    proc = start_server(uri, port)
-    print(f"MLflow UI for {mask_uri(uri)}: http://127.0.0.1:{port}  (Ctrl-C stops it)", file=out, flush=True)
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        stop_server(proc)
-        print("MLflow UI stopped", file=out, flush=True)
-        return 0
-    raise TrackingError(f"the MLflow UI server exited unexpectedly (status {proc.returncode})")

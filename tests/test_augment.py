@@ -18,7 +18,7 @@ from sota_ablate.data import (
     train_transform,
     valid_transform,
 )
-from sota_ablate.data.augment import _warp
+from sota_ablate.data.augment import _warp_coefficients
 
 OFF = AugmentConfig(min_scale=1.0, do_flip=False, p_affine=0.0, p_lighting=0.0)
 N = 4096
@@ -55,6 +55,13 @@ def fastai_reference(image: torch.Tensor, theta: torch.Tensor, coeffs: torch.Ten
 
 # --------------------------------------------------------------------------------------------------------------
 # Deterministic paths
+
+
+def _warp(qx, qy, warp_x, warp_y):  # type: ignore[no-untyped-def]
+    """fastai's perspective warp applied to coordinates with the coefficients ``augment`` computes."""
+    h = [c.reshape(-1, *([1] * (qx.dim() - 1))) for c in _warp_coefficients(warp_x, warp_y)]
+    den = h[6] * qx + h[7] * qy + 1
+    return (h[0] * qx + h[1] * qy + h[2]) / den, (h[3] * qx + h[4] * qy + h[5]) / den
 
 
 def test_valid_is_the_centre_crop_resized() -> None:

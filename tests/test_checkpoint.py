@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from sota_ablate import runner
+from sota_ablate import artifacts, cell_run
 from sota_ablate.cli import main
 from sota_ablate.train import checkpoint as ck
 from tests.conftest import make_image_folder
@@ -118,14 +118,14 @@ def test_resumed_cell_matches_uninterrupted_run(tmp_path: Path, monkeypatch: pyt
 
     # Interruption 1: Ctrl-C after epoch 1 is checkpointed but before it is logged (the console observer, which
     # runs between the two, raises). The next attempt must back-fill epoch 1 and start at a stage boundary.
-    console_epoch = runner.ConsoleProgress.epoch
+    console_epoch = cell_run.ConsoleProgress.epoch
 
     def interrupt_after_epoch_1(self, record, result):  # type: ignore[no-untyped-def]
         console_epoch(self, record, result)
         if record.epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.ConsoleProgress, "epoch", interrupt_after_epoch_1)
+    monkeypatch.setattr(cell_run.ConsoleProgress, "epoch", interrupt_after_epoch_1)
     capsys.readouterr()
     assert main(args("resumed")) == 130
     captured = capsys.readouterr()
@@ -138,18 +138,18 @@ def test_resumed_cell_matches_uninterrupted_run(tmp_path: Path, monkeypatch: pyt
     assert child["status"] == "KILLED" and parent["status"] == "KILLED"
     assert [m.step for m in client.get_metric_history(run_id, "accuracy")] == [0]
     checkpoints = tmp_path / "checkpoints"  # default: next to the sqlite store
-    assert [p.name for p in checkpoints.iterdir()] == [f"{child['tags.config_hash']}.pt"]
+    assert [p.name for p in checkpoints.iterdir()] == [f"{parent['run_id']}-{child['tags.config_hash']}.pt"]
     monkeypatch.undo()
 
     # Interruption 2: Ctrl-C after epoch 3 is logged, inside the fine_tune stage (resumed mid-stage next time).
-    tracking_epoch = runner.TrackingObserver.epoch
+    tracking_epoch = artifacts.EpochLogger.epoch
 
     def interrupt_after_epoch_3(self, record, result):  # type: ignore[no-untyped-def]
         tracking_epoch(self, record, result)
         if record.epoch == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.TrackingObserver, "epoch", interrupt_after_epoch_3)
+    monkeypatch.setattr(artifacts.EpochLogger, "epoch", interrupt_after_epoch_3)
     assert main(args("resumed")) == 130
     out = capsys.readouterr().out
     assert f"resuming run {run_id} (KILLED) after epoch 1" in out

@@ -65,7 +65,7 @@ def test_train_loader_on_cpu_is_train_batches() -> None:
 
 
 def cuda_state(data: ImageData, cfg: TrainConfig) -> TrainState:
-    """The state ``runner.run_cell`` builds on CUDA: channels_last model, fastai's Adam."""
+    """The state ``cell_run.run_cell`` builds on CUDA: channels_last model, fastai's Adam."""
     torch.manual_seed(0)
     model = create_model(cfg.model, n_out=3).to(CUDA).to(memory_format=torch.channels_last)
     return TrainState(

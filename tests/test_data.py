@@ -157,11 +157,15 @@ def test_cache_round_trip(image_folder: Path, tmp_path: Path, monkeypatch: pytes
     index = chapter.train.paths[0]
     assert torch.equal(chapter.train.images[0], data_images_by_path(data)[index])
 
-    # A changed file (mtime) gives a new cache key.
+    # The key hashes the files' contents: a touched file keeps the cache, a changed one gives a new cache key.
     path = image_folder / "train" / "cat" / "a.jpg"
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert load_data(cfg, "cpu").info["cache_hit"] is False
+    assert load_data(cfg, "cpu").info["cache_hit"] is True
+    write_image(path, 48, 36, "RGB", 999)
+    changed = load_data(cfg, "cpu")
+    assert changed.info["cache_hit"] is False and changed.info["cache_folder"] != data.info["cache_folder"]
+    assert changed.info["content_sha256"] != data.info["content_sha256"]
 
 
 def data_images_by_path(data: ImageData) -> dict[str, torch.Tensor]:

@@ -55,7 +55,7 @@ def test_one_at_a_time_is_each_technique_alone_and_tta_counts_its_tta_accuracy()
         stages={"mixup": LONG, "all": LONG},
     )
     found = {e.technique: e for e in effects.technique_effects(data)}
-    assert [e.technique for e in effects.technique_effects(data)] == ["tta", "mixup"]  # canonical order
+    assert [e.technique for e in effects.technique_effects(data)] == ["tta", "mixup"]  # registry order
     tta = found["tta"]
     # tta alone (baseline -> tta) and tta on top of mixup (mixup -> all): a main effect over 2 pairs
     assert tta.pairs == (("baseline", "tta"), ("mixup", "all"))

@@ -115,3 +115,25 @@ def test_list_techniques(capsys):
     for name in ["fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing"]:
         assert f"\n{name}\n" in f"\n{out}"
     assert "alpha=0.4" in out and "eps=0.1" in out and "arXiv:1710.09412" in out
+
+
+def test_per_image_predictions_artifact(grid_store):
+    """Every finished cell run stores its per-image evidence; it agrees with the logged accuracies."""
+    import numpy as np
+
+    tmp, _ = grid_store
+    df = _runs(tmp)
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    for cell in ("baseline", "tta"):
+        row = df[df["tags.cell"] == cell].iloc[0]
+        path = client.download_artifacts(row["run_id"], "predictions.npz", str(tmp / f"pred-{cell}"))
+        with np.load(path) as z:
+            labels, plain = z["labels"], z["plain"].astype(np.float32)
+            assert plain.shape == (len(labels), len(z["classes"])) and len(z["paths"]) == len(labels)
+            assert np.allclose(plain.sum(axis=1), 1, atol=1e-2)
+            assert (plain.argmax(axis=1) == labels).mean() == pytest.approx(row["metrics.final_accuracy"], abs=1e-6)
+            if cell == "tta":
+                tta = z["tta"].astype(np.float32)
+                assert (tta.argmax(axis=1) == labels).mean() == pytest.approx(row["metrics.tta_accuracy"], abs=1e-6)
+            else:
+                assert "tta" not in z.files

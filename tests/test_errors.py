@@ -256,9 +256,9 @@ def test_no_password_reaches_params_or_tags(store: Path) -> None:
 def test_servers_bind_to_loopback_by_default() -> None:
     import inspect
 
-    from sota_ablate import tracking
+    from sota_ablate import server
 
-    for fn in (tracking.server_command, tracking.start_server):
+    for fn in (server.server_command, server.start_server):
         assert inspect.signature(fn).parameters["host"].default == "127.0.0.1"
     assert "--host" not in " ".join(a.option_strings[0] for a in _ui_parser()._actions if a.option_strings)
 

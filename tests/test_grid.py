@@ -6,11 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from sota_ablate.config import TrainConfig
-from sota_ablate.grid import GridError, generate_cells, load_grid, parse_grid, resolve_cell
+from sota_ablate.config import ConfigError, TrainConfig
+from sota_ablate.grid import Cell, Grid, GridError, builtin_grids, find_grid, generate_cells, load_grid, parse_grid
+from sota_ablate.plan import resolve_cell as plan_cell
+from sota_ablate.profiles import Profile
 
 ROOT = Path(__file__).resolve().parents[1]
 SIX = ["fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing"]
+BARE = Profile("bare", "no overrides: the TrainConfig defaults")
+
+
+def resolve_cell(cell: Cell, base: TrainConfig, techniques: dict | None = None, grid: Grid | None = None):
+    """A cell resolved on top of the code defaults (``base`` must be them) and the given technique settings."""
+    assert base == TrainConfig()
+    profile = Profile("bare", "", techniques=techniques or {})
+    return plan_cell(cell, grid or Grid("g", (cell,), source="<test>"), profile, {}, 1.0)
+
+
+def resolve_all(grid: Grid) -> None:
+    for cell in grid.cells:
+        resolve_cell(cell, TrainConfig(), grid=grid)
 
 
 def test_generators():
@@ -75,6 +90,18 @@ def test_overrides_and_seeds():
     assert cfg.epochs == 3 and techs == []
 
 
+def test_generators_respect_techniques_that_cannot_be_combined():
+    from sota_ablate.techniques import TECHNIQUES
+
+    batch = sorted(n for n, cls in TECHNIQUES.entries().items() if "batch" in cls.claims)
+    if len(batch) < 2:
+        pytest.skip("only one technique claims the batch")
+    names = [c.name for c in generate_cells("factorial", [*batch[:2], "normalize"])]
+    assert "+".join(batch[:2]) not in names and len(names) == 6  # 8 subsets minus the two with both
+    with pytest.raises(GridError, match="cannot be combined"):
+        generate_cells("leave_one_out", batch[:2])
+
+
 def test_select_cells():
     grid = load_grid(ROOT / "ablations" / "chapter.toml")
     assert [c.name for c in grid.select(["mixup", "baseline"]).cells] == ["baseline", "mixup"]
@@ -104,8 +131,9 @@ def test_select_cells():
 def test_bad_grid_files(tmp_path, text, pattern):
     p = tmp_path / "bad.toml"
     p.write_text(text)
-    with pytest.raises((GridError, KeyError, ValueError), match=pattern):
-        load_grid(p)
+    with pytest.raises((GridError, KeyError, ValueError), match=pattern) as err:
+        resolve_all(load_grid(p))
+    assert "bad.toml" in str(err.value)
 
 
 def test_toml_syntax_error_names_file_and_line(tmp_path):
@@ -117,5 +145,41 @@ def test_toml_syntax_error_names_file_and_line(tmp_path):
 
 
 def test_missing_grid_file():
-    with pytest.raises(GridError, match="does not exist"):
+    with pytest.raises(GridError, match="neither a file nor a built-in grid"):
         load_grid("nope/none.toml")
+
+
+def test_builtin_grids_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert set(builtin_grids()) >= {"chapter", "fair", "leave_one_out", "factorial"}
+    assert load_grid("chapter").name == "chapter"
+    assert find_grid("fair.toml") == builtin_grids()["fair"]
+    with pytest.raises(GridError, match=r"Did you mean 'chapter'.*chapter, "):
+        load_grid("chaptr")
+
+
+def test_ablations_folder_is_the_package_grids():
+    """One source: the checkout's ablations/ is the package's grids folder, not a copy that can drift."""
+    assert (ROOT / "ablations").resolve() == (ROOT / "sota_ablate" / "grids").resolve()
+
+
+def test_command_line_overrides_come_last_and_are_checked():
+    grid = load_grid("chapter")
+    mixup = next(c for c in grid.cells if c.name == "mixup")
+    cfg, _ = plan_cell(mixup, grid, Profile("p", "", train={"lr": 1e-2, "epochs": 2}), {"lr": 5e-4}, 1.0)
+    assert (cfg.lr, cfg.epochs) == (5e-4, 15)  # profile < grid defaults (lr 3e-3) < cell (15 epochs) < --set
+    with pytest.raises(ConfigError, match=r"from --set"):
+        plan_cell(mixup, grid, BARE, {"lr": -1.0}, 1.0)
+
+
+def test_cells_that_both_replace_the_batch_are_refused():
+    from sota_ablate.techniques import TECHNIQUES
+
+    both = [n for n, cls in TECHNIQUES.entries().items() if "batch" in cls.claims]
+    assert "mixup" in both
+    if len(both) < 2:
+        pytest.skip("only one technique claims the batch")
+    grid = parse_grid({"name": "g", "cells": [{"name": "x", "techniques": both[:2]}]}, source="g.toml")
+    with pytest.raises(GridError, match=r"g.toml: cell .x.*cannot be combined.*batch") as err:
+        resolve_all(grid)
+    assert f"'{both[0]}'" in str(err.value) and f"'{both[1]}'" in str(err.value)

@@ -15,9 +15,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sota_ablate.cli import main
-from sota_ablate.executors import ExecutorError
+from sota_ablate.executors.base import ExecutorError
 from sota_ablate.executors.ray import FAULT_ENV, RayExecutor, unshareable_store
-from sota_ablate.tracking import Tracker, free_port, start_server, stop_server
+from sota_ablate.server import free_port, start_server, stop_server
+from sota_ablate.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ["baseline", "fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing", "all"]
@@ -142,7 +143,7 @@ def test_without_ray_the_error_says_how_to_install(tmp_path, monkeypatch, capsys
 
 
 def test_ray_is_not_imported_with_the_package():
-    code = "import sota_ablate.cli, sota_ablate.runner, sota_ablate.executors.ray, sys; print('ray' in sys.modules)"
+    code = "import sota_ablate.cli, sota_ablate.grid_run, sota_ablate.executors.ray, sys; print('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 

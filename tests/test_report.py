@@ -11,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sota_ablate.cli import main
+from sota_ablate.report import caveats, formatting, illustrations, prose, published, stats, tables
 from sota_ablate.report import collect as collect_mod
-from sota_ablate.report import figures, markdown, stats, tables
 from sota_ablate.report.collect import GridData, ReportError, cast_param, run_state
 from sota_ablate.report.generate import generate_report
 from sota_ablate.tracking import Tracker
@@ -163,28 +163,28 @@ def test_epoch_table_fastai_format():
 
 
 def test_published_numbers_are_shipped():
-    assert tables.published_final("fastbook-ch7", "baseline") == pytest.approx(0.825243)
-    assert tables.published_final("fastbook-ch7", "progressive_224") == pytest.approx(0.863331)
-    assert tables.published_final("fastbook-ch7", "progressive_tta") == pytest.approx(0.8737863898277283)
-    assert tables.published_text(frozenset({"mixup"})) == "0.8764 (repl.)"
-    assert tables.published_text(frozenset({"normalize", "mixup"})) == "-"
+    assert published.published_final("fastbook-ch7", "baseline") == pytest.approx(0.825243)
+    assert published.published_final("fastbook-ch7", "progressive_224") == pytest.approx(0.863331)
+    assert published.published_final("fastbook-ch7", "progressive_tta") == pytest.approx(0.8737863898277283)
+    assert published.published_text(frozenset({"mixup"})) == "0.8764 (repl.)"
+    assert published.published_text(frozenset({"normalize", "mixup"})) == "-"
     readme = ROOT / "sota_ablate" / "resources" / "README.md"
     assert "07_sizing_and_tta" in readme.read_text() and "000_c02ea65f3b71f318.txt" in readme.read_text()
 
 
 def test_effect_sentences():
     ci = stats.compare({0: 0.90, 1: 0.91, 2: 0.92}, {0: 0.80, 1: 0.80, 2: 0.81})
-    text = markdown.effect_sentence("mixup", "baseline", 0.91, 0.8033, ci)
+    text = prose.effect_sentence("mixup", "baseline", 0.91, 0.8033, ci)
     assert "**+10.67 points**" in text and "95% CI [" in text and "paired by seed, n = 3" in text
     assert "excludes zero: a gain" in text
-    single = markdown.effect_sentence("mixup", "baseline", 0.9, 0.8, stats.compare({0: 0.9}, {0: 0.8}))
+    single = prose.effect_sentence("mixup", "baseline", 0.9, 0.8, stats.compare({0: 0.9}, {0: 0.8}))
     assert "+10.00 points" in single and "no confidence interval" in single
-    assert "No comparison" in markdown.effect_sentence("mixup", "baseline", float("nan"), 0.8, None)
+    assert "No comparison" in prose.effect_sentence("mixup", "baseline", float("nan"), 0.8, None)
 
 
 def test_honesty_notes(handmade):
     summaries = tables.cell_summary(handmade, "baseline")
-    notes = " ".join(markdown.honesty_notes(handmade, summaries, "baseline"))
+    notes = " ".join(caveats.honesty_notes(handmade, summaries, "baseline"))
     assert "Partial grid" in notes and "`fp16` (missing)" in notes
     assert "Budgets differ" in notes and "`mixup` (15x32px bs8)" in notes
     assert "Fewer than 3 seeds" in notes  # mixup has 1
@@ -192,15 +192,15 @@ def test_honesty_notes(handmade):
     assert "official split" not in notes.lower() and "bfloat16" not in notes
     handmade.runs["params.data.split"] = "chapter"
     handmade.runs["params.dtype"] = "bfloat16"
-    notes = " ".join(markdown.honesty_notes(handmade, summaries, "baseline"))
+    notes = " ".join(caveats.honesty_notes(handmade, summaries, "baseline"))
     assert "Not the official split" in notes and "CPU bfloat16 stood in for CUDA fp16" in notes
 
 
 def test_target_vectors():
-    smooth = figures.smoothed_target(10, 0.1, 4)
+    smooth = illustrations.smoothed_target(10, 0.1, 4)
     assert smooth[4] == pytest.approx(0.91) and all(v == pytest.approx(0.01) for i, v in enumerate(smooth) if i != 4)
     assert sum(smooth) == pytest.approx(1.0)
-    assert figures.mixed_target(10, 4, 7, 0.3) == [0, 0, 0, 0, 0.3, 0, 0, pytest.approx(0.7), 0, 0]
+    assert illustrations.mixed_target(10, 4, 7, 0.3) == [0, 0, 0, 0, 0.3, 0, 0, pytest.approx(0.7), 0, 0]
 
 
 def test_batch_stats_before_and_after_normalize():
@@ -211,7 +211,7 @@ def test_batch_stats_before_and_after_normalize():
     x = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) + torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * torch.randn(
         16, 3, 64, 64, generator=torch.Generator().manual_seed(0)
     )
-    s = figures.batch_stats(x)
+    s = illustrations.batch_stats(x)
     assert s.mean_before == pytest.approx(IMAGENET_MEAN, abs=0.01) and s.std_before == pytest.approx(
         IMAGENET_STD, abs=0.01
     )
@@ -220,13 +220,16 @@ def test_batch_stats_before_and_after_normalize():
 
 def test_find_dataset(tmp_path):
     (tmp_path / "d" / "train" / "a").mkdir(parents=True)
-    assert figures.find_dataset(tmp_path / "d", {})[0] == tmp_path / "d"
-    assert figures.find_dataset(None, {"data.source": "folder", "data.path": str(tmp_path / "d")})[0] == tmp_path / "d"
-    folder, why = figures.find_dataset(None, {"data.source": "folder", "data.path": str(tmp_path / "gone")})
+    assert illustrations.find_dataset(tmp_path / "d", {})[0] == tmp_path / "d"
+    assert (
+        illustrations.find_dataset(None, {"data.source": "folder", "data.path": str(tmp_path / "d")})[0]
+        == tmp_path / "d"
+    )
+    folder, why = illustrations.find_dataset(None, {"data.source": "folder", "data.path": str(tmp_path / "gone")})
     assert folder is None and "not on this machine" in why
     (tmp_path / "root" / "imagenette2-160" / "train").mkdir(parents=True)
     recorded = {"data.source": "imagenette", "data.path": str(tmp_path / "root"), "data.variant": "160px"}
-    assert figures.find_dataset(None, recorded)[0] == tmp_path / "root" / "imagenette2-160"
+    assert illustrations.find_dataset(None, recorded)[0] == tmp_path / "root" / "imagenette2-160"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def test_summary_holds_the_logged_numbers(store):
     base = _by_seed(children, "baseline", "metrics.final_accuracy")
     for cell, method in (("normalize", "paired"), ("fp16", "none")):
         diff = stats.compare(_by_seed(children, cell, "metrics.final_accuracy"), base)
-        assert diff.method == method and tables.format_difference(diff) in rows[cell]
+        assert diff.method == method and formatting.format_difference(diff) in rows[cell]
     assert "bfloat16" in rows["fp16"] and "float32" in rows["baseline"]
 
 

@@ -1,10 +1,11 @@
-"""The report's statistics on known values (t quantiles from tables, intervals worked by hand / scipy)."""
+"""The report's statistics on known values (t quantiles from tables, intervals worked by hand) and against scipy."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import scipy.stats
 
 from sota_ablate.report import stats
 
@@ -70,3 +71,20 @@ def test_significance_needs_an_interval_that_excludes_zero():
     assert d.significant and d.ci_low > 0
     constant = stats.compare({0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5})
     assert constant.delta == 0 and constant.ci_low == constant.ci_high == 0 and not constant.significant
+
+
+def test_intervals_match_scipy():
+    a, b = [0.80, 0.82, 0.85, 0.79], [0.79, 0.80, 0.81, 0.78]
+    paired = stats.paired_difference(a, b)
+    ref = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert (paired.ci_low, paired.ci_high) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high, abs=1e-12))
+    welch = stats.welch_difference(a, b[:3])
+    result = scipy.stats.ttest_ind(a, b[:3], equal_var=False)
+    ref = result.confidence_interval(0.95)
+    assert welch.df == pytest.approx(result.df)
+    assert (welch.ci_low, welch.ci_high) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high, abs=1e-12))
+    s = stats.summarize(a)
+    low, high = scipy.stats.t.interval(0.95, len(a) - 1, loc=stats.mean(a), scale=scipy.stats.sem(a))
+    assert (s.ci_low, s.ci_high) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
+    with pytest.raises(ValueError):
+        stats.t_quantile(1.0, 3)

@@ -1,9 +1,10 @@
 """Data for sota_ablate: Imagenette (or a local folder) decoded once into a uint8 cache, resident on the device,
 augmented in whole batches with fastai's chapter 7 semantics (``Resize(460)`` + ``aug_transforms``).
 
-Modules: ``config`` (DataConfig), ``sources`` (listing, download, split), ``cache`` (the uint8 cache),
-``augment`` (batched on-device transforms), ``loader`` (device-resident sets and batch iterators). Importing the
-package does no work beyond importing these modules.
+Modules: ``config`` (DataConfig), ``sources`` (listing, download, split), ``cache`` (the uint8 cache, with
+``checksum`` for content hashes and self-checks, ``staging`` for its locked temporary folders and ``workers`` for
+its decode processes), ``augment`` (batched on-device transforms), ``loader`` (device-resident sets and batch
+iterators). Importing the package does no work beyond importing these modules.
 """
 
 from __future__ import annotations

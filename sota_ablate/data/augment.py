@@ -39,7 +39,6 @@ from torch import Tensor
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-imagenet_stats = (list(IMAGENET_MEAN), list(IMAGENET_STD))  # fastai's name (``fastai2/vision/core.py``)
 
 _LOGIT_EPS = 1e-7  # fastai clamps to [1e-7, 1 - 1e-7] before taking the logit
 
@@ -379,13 +378,6 @@ def _plane(t: Tensor, c_col: Tensor, c_row: Tensor, c0: Tensor) -> Tensor:
 def _reflect_(v: Tensor) -> Tensor:
     """Reflect normalised coordinates into [-1, 1] in place: ``1 - |((v + 1) mod 4) - 2|``."""
     return v.add_(1).remainder_(4).sub_(2).abs_().neg_().add_(1)
-
-
-def _warp(qx: Tensor, qy: Tensor, warp_x: Tensor, warp_y: Tensor) -> tuple[Tensor, Tensor]:
-    """fastai's perspective warp applied to coordinates ``qx``, ``qy`` (``[B, ...]``); see ``_warp_coefficients``."""
-    h = [c.reshape(-1, *([1] * (qx.dim() - 1))) for c in _warp_coefficients(warp_x, warp_y)]
-    den = h[6] * qx + h[7] * qy + 1
-    return (h[0] * qx + h[1] * qy + h[2]) / den, (h[3] * qx + h[4] * qy + h[5]) / den
 
 
 def _warp_coefficients(warp_x: Tensor, warp_y: Tensor) -> list[Tensor]:

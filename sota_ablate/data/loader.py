@@ -27,6 +27,7 @@ from torch import Tensor
 
 from sota_ablate.data.augment import AugmentConfig, preshrink, train_transform, valid_transform
 from sota_ablate.data.cache import build_cache, check_unreadable
+from sota_ablate.data.checksum import fingerprint
 from sota_ablate.data.config import DataConfig
 from sota_ablate.data.errors import DataError
 from sota_ablate.data.sources import Item, Items, list_items, relative_key
@@ -74,7 +75,11 @@ class ImageData:
         valid: the validation set.
         classes: class names; label ``i`` is ``classes[i]``.
         info: what to log: the dataset identity (``DataConfig.identity``), ``n_train``, ``n_valid``,
-            ``n_classes``, ``canvas``, ``cache_hit``, ``cache_seconds`` and ``cache_folder``.
+            ``n_classes``, ``content_sha256``, ``canvas``, ``cache_hit``, ``cache_rebuilt``, ``cache_seconds``
+            and ``cache_folder``. ``content_sha256`` fingerprints the data itself (``checksum.fingerprint``: the
+            class names and, per split, each image's relative path, label and file SHA-256), so it changes when
+            an image is replaced even under the same name, size and mtime. The ``cache_*`` keys describe how the
+            data was loaded this time (volatile), not which data.
     """
 
     train: ImageSet
@@ -121,8 +126,10 @@ def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
         "n_valid": len(valid),
         "n_classes": len(items.classes),
         **({"bad_images": len(cached.bad)} if cached.bad else {}),
+        "content_sha256": _content_sha256(items, train, valid, cached.keys, cached.digests),
         "canvas": cached.canvas,
         "cache_hit": cached.hit,
+        "cache_rebuilt": cached.rebuilt,
         "cache_seconds": round(cached.seconds, 2),
         "cache_folder": str(cached.folder),
     }
@@ -135,6 +142,16 @@ def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
         cached.canvas,
     )
     return ImageData(train=sets[0], valid=sets[1], classes=list(items.classes), info=info)
+
+
+def _content_sha256(items: Items, train: list[Item], valid: list[Item], keys: list[str], digests: list[str]) -> str:
+    """``checksum.fingerprint`` of the classes and of the items of both splits (with their file digests)."""
+    digest = dict(zip(keys, digests, strict=True))
+    splits = []
+    for name, split in (("train", train), ("valid", valid)):
+        listed = [(relative_key(path, items.root), label) for path, label in split]
+        splits.append((name, [(key, label, digest[key]) for key, label in listed]))
+    return fingerprint(items.classes, splits)
 
 
 def _skip_unreadable(items: Items, bad: dict[str, str], max_fraction: float) -> tuple[list[Item], list[Item]]:

@@ -1,12 +1,4 @@
 """Where the cells of a grid run: ``local`` (in this process, one after another) or ``ray`` (one Ray task per
-cell x seed on a cluster). Importing this package imports neither the runner nor Ray: ``executors.local`` and
-``executors.ray`` are imported when used.
+cell x seed on a cluster). Importing this package imports neither executor: ``executors.local`` and
+``executors.ray`` are imported when used (Ray itself only when the Ray executor runs).
 """
-
-from __future__ import annotations
-
-from sota_ablate.executors.base import CellTask, Executor, ExecutorError, GridJob
-
-EXECUTORS = ("local", "ray")
-
-__all__ = ["EXECUTORS", "CellTask", "Executor", "ExecutorError", "GridJob"]

@@ -1,24 +1,26 @@
 """What an executor is given and must do: run the pending cell x seed tasks of one grid run, yield outcomes.
 
-The driver (``runner.run_grid``) resolves and validates every cell, checks the tracking store, creates or
-resumes the parent run and decides which tasks are already finished (``CellTask.done_run_id``); an executor
-only runs the rest and yields one ``CellOutcome`` per task (skipped ones included), in any order.
+The driver (``grid_run.run_grid``) makes every cell's plan, checks the tracking store, creates or resumes the grid
+run and decides which tasks are already finished (``CellTask.done_run_id``); an executor only runs the rest
+(``cell_run.run_cell`` on each plan) and yields one ``CellOutcome`` per task (skipped ones included), in any order.
 """
 
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
+
+from sota_ablate.cell_run import CellOutcome
+from sota_ablate.data import ImageData
+from sota_ablate.grid import Grid
+from sota_ablate.plan import CellPlan, RunOptions
+from sota_ablate.tracking import Run, Tracker
 
 if TYPE_CHECKING:
     import torch
-
-    from sota_ablate.data import ImageData
-    from sota_ablate.grid import Cell, Grid
-    from sota_ablate.runner import CellOutcome, RunOptions
-    from sota_ablate.tracking import Run, Tracker
 
 
 class ExecutorError(RuntimeError):
@@ -27,23 +29,33 @@ class ExecutorError(RuntimeError):
 
 @dataclass(frozen=True)
 class CellTask:
-    """One cell and seed of a grid run.
+    """One cell and seed of a grid run: its plan, and the finished run of an earlier invocation (None: train it)."""
 
-    Attributes:
-        index: 1-based position in the grid's order (seed-major, then the grid's cell order).
-        total: number of cell x seed tasks in the grid run.
-        cell: the cell.
-        seed: the seed.
-        name: the child run's name (the cell's name, ``-seed<N>`` appended when the grid has several seeds).
-        done_run_id: the finished child run of an earlier invocation of the same grid, or None to train it.
-    """
-
-    index: int
-    total: int
-    cell: Cell
-    seed: int
-    name: str
+    plan: CellPlan
     done_run_id: str | None = None
+
+    @property
+    def index(self) -> int:
+        return self.plan.index
+
+    @property
+    def name(self) -> str:
+        return self.plan.run_name
+
+
+def announce(task: CellTask, out: IO[str], suffix: str = "") -> None:
+    """The ``[k/N] name: techniques ...`` line printed when a task starts."""
+    print(
+        f"[{task.plan.index}/{task.plan.total}] {task.name}: techniques {task.plan.label}{suffix}", file=out, flush=True
+    )
+
+
+def skipped(task: CellTask, out: IO[str]) -> CellOutcome:
+    """Print that ``task`` finished in an earlier invocation and return its SKIPPED outcome."""
+    assert task.done_run_id is not None
+    print(f"[{task.plan.index}/{task.plan.total}] {task.name}: already finished (run {task.done_run_id}), skipped",
+          file=out)  # fmt: skip
+    return CellOutcome(task.plan.cell, task.plan.seed, "SKIPPED", task.done_run_id)
 
 
 @dataclass
@@ -55,6 +67,10 @@ class GridJob:
     tracker: Tracker
     parent: Run
     data: ImageData  # the driver's copy: trained on in-process; a remote executor's workers load their own
+
+    @property
+    def out(self) -> IO[str]:
+        return self.opts.out or sys.stdout
 
 
 class Executor(abc.ABC):

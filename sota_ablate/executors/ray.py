@@ -4,12 +4,12 @@ Driver (this process): connects to Ray (by default the cluster ``ray start`` run
 local instance; ``auto`` for the cluster this node belongs to; ``ray://host:port``), checks that every worker can reach the tracking store, submits one task per pending cell
 x seed with its resources (``num_gpus`` per cell when the cluster has GPUs, ``num_cpus`` otherwise) and a
 bounded ``max_retries``, then gathers results as they finish (``ray.wait``) with a live count of done /
-running / failed. It logs the per-cell accuracies on the parent run, which ``runner.run_grid`` created or
+running / failed. It logs the per-cell accuracies on the parent run, which ``grid_run.run_grid`` created or
 resumed (the resume rules are the local ones: same grid hash, finished cells skipped).
 
-Worker (a Ray task): loads the data itself through its node's decode cache, ends as FAILED any RUNNING child
-run of the same cell and seed (left by an earlier attempt whose worker died), and runs ``runner.run_cell``,
-whose child run it attaches to the parent run id. MLflow is only reached through the tracking URI: with a
+Worker (a Ray task): loads the data itself through its node's decode cache (and refuses data whose identity differs
+from the driver's), ends as FAILED any RUNNING child run of the same cell and seed (left by an earlier attempt
+whose worker died), and runs ``cell_run.run_cell`` on the plan the driver made, attached to the parent run id. MLflow is only reached through the tracking URI: with a
 tracking server (``mlflow server --artifacts-destination ...``), params and metrics go to the server's database
 and artifacts through the server, so workers need no shared disk.
 
@@ -36,19 +36,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from sota_ablate.executors.base import CellTask, Executor, ExecutorError, GridJob
-from sota_ablate.tracking import mask_uri
-from sota_ablate.train.loop import EpochRecord, LoopObserver
+import torch
+
+from sota_ablate.cell_run import CellOutcome, run_cell
+from sota_ablate.data import load_data
+from sota_ablate.executors.base import CellTask, Executor, ExecutorError, GridJob, announce, skipped
+from sota_ablate.plan import RunOptions, data_identity
+from sota_ablate.tracking import Run, Tracker, mask_uri
+from sota_ablate.train.evaluate import EvalResult
+from sota_ablate.train.record import EpochRecord, LoopObserver
 
 if TYPE_CHECKING:
     from types import ModuleType
-
-    import torch
-
-    from sota_ablate.grid import Grid
-    from sota_ablate.runner import CellOutcome
-    from sota_ablate.tracking import Tracker
-    from sota_ablate.train.evaluate import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,6 @@ class RaySettings:
 class WorkerSpec:
     """Everything a worker needs besides its CellTask; shipped once per grid run (``ray.put``)."""
 
-    grid: Grid
     options: dict[str, Any]  # RunOptions fields except device, progress_bar and out
     device: str
     tracking_uri: str
@@ -161,12 +159,6 @@ class KillAfterFirstEpoch(LoopObserver):
 def run_cell_task(spec: WorkerSpec, task: CellTask, progress: Any) -> CellOutcome:
     """The Ray task: one cell x seed on a worker, logged to the shared store under the parent run."""
     import ray
-    import torch
-
-    from sota_ablate.data import load_data
-    from sota_ablate.executors.local import announce
-    from sota_ablate.runner import RunOptions, run_cell
-    from sota_ablate.tracking import Run, Tracker
 
     os.environ.update(spec.env)
     if os.path.isdir(spec.cwd):
@@ -180,20 +172,28 @@ def run_cell_task(spec: WorkerSpec, task: CellTask, progress: Any) -> CellOutcom
     device = torch.device(spec.device)
     opts = RunOptions(**spec.options, device=device, progress_bar=False, out=sys.stdout)
     tracker = Tracker(spec.tracking_uri, spec.experiment)
+    plan = task.plan
     orphans = tracker.fail_running_children(
         spec.parent_run_id,
         reason="its Ray worker died mid-cell; the task was retried",
-        cell=task.cell.name,
-        seed=task.seed,
+        cell=plan.cell,
+        seed=plan.seed,
     )
     where = f" [node {ray.util.get_node_ip_address()}, pid {os.getpid()}"
     where += f"; retry: run {', '.join(orphans)} of the dead attempt marked FAILED]" if orphans else "]"
     announce(task, sys.stdout, suffix=where)
     data = load_data(opts.data, device)
-    fault = spec.fault_kill == f"{task.cell.name}:{task.seed}" and not orphans
+    if plan.data_info is not None and data_identity(data.info) != data_identity(plan.data_info):
+        theirs, ours = data_identity(plan.data_info), data_identity(data.info)
+        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ExecutorError(
+            f"the data on node {ray.util.get_node_ip_address()} differs from the driver's in {', '.join(differ)}: "
+            "every node needs the same dataset (same folder content, or the same Imagenette archive)."
+        )
+    fault = spec.fault_kill == f"{plan.cell}:{plan.seed}" and not orphans
     parent = Run(tracker, spec.parent_run_id)
     observer = KillAfterFirstEpoch() if fault else None
-    return run_cell(task.cell, task.seed, data, opts, tracker, parent, spec.grid, task.name, observer=observer)
+    return run_cell(plan.bind(data.info), data, opts, tracker, parent, observer=observer)
 
 
 class RayExecutor(Executor):
@@ -244,8 +244,6 @@ class RayExecutor(Executor):
     def device(self, requested: str) -> torch.device:
         """The device cells train on, from ``--device`` and the cluster (not this machine): auto is cuda when
         the cluster has GPUs (and --gpus-per-cell is not 0), else cpu."""
-        import torch
-
         self.connect()
         gpus = self.settings.gpus_per_cell
         if requested == "auto":
@@ -297,8 +295,6 @@ class RayExecutor(Executor):
             )
 
     def data_device(self, device: torch.device) -> torch.device:
-        import torch
-
         return torch.device("cpu")  # the driver only fingerprints the data; workers load their own
 
     def close(self) -> None:
@@ -337,7 +333,6 @@ class RayExecutor(Executor):
             if f.name not in ("device", "progress_bar", "out")
         }
         return WorkerSpec(
-            grid=job.grid,
             options=options,
             device=opts.device.type,
             tracking_uri=job.tracker.uri,
@@ -351,10 +346,8 @@ class RayExecutor(Executor):
         )
 
     def run(self, tasks: Sequence[CellTask], job: GridJob) -> Generator[CellOutcome, None, None]:
-        from sota_ablate.executors.local import skipped
-
         ray = self.connect()
-        out = job.opts.out
+        out = job.out
         cpus, gpus = self._resources(job.opts.device)
         spec_ref = ray.put(self._spec(job, cpus))
         remote = ray.remote(run_cell_task)
@@ -407,8 +400,6 @@ class RayExecutor(Executor):
 
     def _result(self, ray: ModuleType, ref: Any, task: CellTask, job: GridJob) -> CellOutcome:
         """The task's outcome; a task that raised or ran out of retries is a FAILED cell (its run ended)."""
-        from sota_ablate.runner import CellOutcome
-
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as err:
@@ -420,10 +411,10 @@ class RayExecutor(Executor):
                 reason = f"{type(err).__name__}: {text[0] if text else ''}"
             reason = reason[:2000]
             ids = job.tracker.fail_running_children(
-                job.parent.run_id, f"Ray: {reason}", cell=task.cell.name, seed=task.seed
+                job.parent.run_id, f"Ray: {reason}", cell=task.plan.cell, seed=task.plan.seed
             )
-            print(f"!! {task.name} FAILED on Ray: {reason}\n", file=job.opts.out, flush=True)
-            return CellOutcome(task.cell.name, task.seed, "FAILED", ids[-1] if ids else "", error=reason)
+            print(f"!! {task.name} FAILED on Ray: {reason}\n", file=job.out, flush=True)
+            return CellOutcome(task.plan.cell, task.plan.seed, "FAILED", ids[-1] if ids else "", error=reason)
 
     def _end_orphans(self, job: GridJob, status: str, reason: str) -> None:
         try:
@@ -432,7 +423,7 @@ class RayExecutor(Executor):
             log.warning("could not end runs left RUNNING under %s: %s", job.parent.run_id, err)
             return
         if ids:
-            print(f"ray: ended {len(ids)} run(s) left RUNNING as {status}: {', '.join(ids)}", file=job.opts.out)
+            print(f"ray: ended {len(ids)} run(s) left RUNNING as {status}: {', '.join(ids)}", file=job.out)
 
 
 @dataclass

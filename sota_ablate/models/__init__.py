@@ -1,7 +1,8 @@
 """The model registry: fastai's XResNet family (Bag of Tricks, He et al. 2019), built by name.
 
 ``create_model("xresnet50", n_out=10)`` is the chapter's ``xresnet50(n_out=dls.c)`` (fastbook chapter 7).
-Importing a model module runs its ``@MODELS.register`` decorators; ``load_all`` does that explicitly.
+Every module of this package is imported (and its ``@MODELS.register`` decorators run) the first time the
+registry is asked for a model.
 """
 
 from __future__ import annotations
@@ -12,17 +13,11 @@ from torch import nn
 
 from sota_ablate.registry import Registry
 
-MODELS: Registry[Any] = Registry("model")
-
-
-def load_all() -> None:
-    """Import every model module (explicitly, by name) so the registry is filled."""
-    from sota_ablate.models import xresnet  # noqa: F401
+MODELS: Registry[Any] = Registry("model", discover=__name__)
 
 
 def model_names() -> list[str]:
     """The sorted names of all registered models."""
-    load_all()
     return MODELS.names()
 
 
@@ -41,7 +36,6 @@ def create_model(name: str, n_out: int = 10, **kwargs: Any) -> nn.Module:
     Raises:
         UnknownNameError: ``name`` is not registered; the message lists the known models.
     """
-    load_all()
     factory = MODELS.get(name)
     return factory(n_out=n_out, **{k: v for k, v in kwargs.items() if v is not None})
 

@@ -1,13 +1,18 @@
 """The report generator: a grid's MLflow runs -> a markdown report in fastbook chapter 7's order.
 
-``generate_report(tracker, ...)`` (``generate.py``) reads the runs (``collect.py``), computes the statistics
-(``stats.py``), the tables (``tables.py``) and the figures (``plots.py``, ``figures.py``), and writes the markdown
-(``markdown.py``). ``python -m sota_ablate report`` is its command line.
+Modules, each with one job (this ``__init__`` imports none of them, so importing one imports only what it needs):
+
+- ``generate``: the orchestration (``generate_report``): collect -> sections -> render -> files -> MLflow.
+- ``collect``: read a grid back from MLflow (``GridData``); ``keys``: the column names it uses.
+- ``stats``: means, std and Student-t intervals (scipy); ``effects``: what each technique is worth.
+- ``tables``: the per-cell summary and epoch tables; ``published``: the chapter's printed numbers;
+  ``formatting``: number and table formatting; ``palette``: every cell's colour.
+- ``sections``: the chapter's sections (the ``SectionContext`` a technique's ``ReportSection.build`` gets);
+  ``overview``: the parts around them (overview, summary notes, figures at a glance, effects, provenance).
+- ``prose``: the sentences; ``caveats``: the caveats that apply to a grid.
+- ``markdown``: the document model and its renderer; ``writer``: saves figures next to the README.
+- ``result_plots``: figures of results; ``illustrations``: the chapter's illustrative figures from real images;
+  ``canvas``: pyplot and PNG saving.
+
+``python -m sota_ablate report`` is its command line.
 """
-
-from __future__ import annotations
-
-from sota_ablate.report.collect import GridData, ReportError, collect_grid
-from sota_ablate.report.generate import generate_report
-
-__all__ = ["GridData", "ReportError", "collect_grid", "generate_report"]

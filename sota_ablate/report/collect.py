@@ -13,23 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-COMPLETE_TAG = "sota_ablate.complete"
-ROLE_TAG = "sota_ablate.role"
-HISTORY_KEYS = (
-    "train_loss",
-    "valid_loss",
-    "accuracy",
-    "epoch_time_s",
-    "train_time_s",
-    "images_per_s",
-    "image_size",
-)
-STATES = ("complete", "running", "failed", "killed", "incomplete", "missing")
+from sota_ablate import schema
+from sota_ablate.grid import parse_grid
+from sota_ablate.report.keys import param, tag
+from sota_ablate.techniques import TECHNIQUES
 
 
 class ReportError(RuntimeError):
@@ -72,17 +66,17 @@ def tidy_runs(raw: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["run_id", "parent_id", "run_name", "cell", "seed", "techniques", "state"])
     out = pd.DataFrame(index=raw.index)
 
-    def tag(name: str) -> pd.Series:
+    def column(name: str) -> pd.Series:
         return raw[name] if name in raw.columns else pd.Series([None] * len(raw), index=raw.index)
 
     out["run_id"] = raw["run_id"]
-    out["parent_id"] = tag("tags.mlflow.parentRunId")
-    out["run_name"] = tag("tags.mlflow.runName")
-    out["cell"] = tag("tags.cell")
-    out["seed"] = [int(s) if _is_set(s) else None for s in tag("tags.seed")]
-    out["techniques"] = [t if _is_set(t) else "none" for t in tag("tags.techniques")]
-    out["state"] = [run_state(s, c) for s, c in zip(raw["status"], tag(f"tags.{COMPLETE_TAG}"), strict=True)]
-    out["failure"] = [f if _is_set(f) else "" for f in tag("tags.sota_ablate.failure")]
+    out["parent_id"] = column(tag(schema.PARENT))
+    out["run_name"] = column(tag(schema.RUN_NAME))
+    out["cell"] = column(tag(schema.CELL))
+    out["seed"] = [int(s) if _is_set(s) else None for s in column(tag(schema.SEED))]
+    out["techniques"] = [t if _is_set(t) else "none" for t in column(tag(schema.TECHNIQUES))]
+    out["state"] = [run_state(s, c) for s, c in zip(raw["status"], column(tag(schema.COMPLETE)), strict=True)]
+    out["failure"] = [f if _is_set(f) else "" for f in column(tag(schema.FAILURE))]
     out["start_time"] = raw.get("start_time")
     out["end_time"] = raw.get("end_time")
     extra: dict[str, Any] = {}
@@ -107,7 +101,8 @@ class GridData:
             ``missing`` placeholder; also children of cells the parents did not list.
         cells: the cells in grid order.
         seeds: the seeds asked for, sorted.
-        histories: run id -> per-epoch frame (index: 0-based global epoch; columns from ``HISTORY_KEYS``).
+        histories: run id -> per-epoch frame (index: 0-based global epoch; columns: every run's per-epoch keys,
+            ``schema.base_epoch_metric_keys()``, and those its techniques added, its ``epoch_metric_keys`` param).
         notes: remarks from collecting (parents left out of an aggregation, duplicate runs, ...).
         planned: cell -> techniques from the grid file logged with the grid run (for cells without runs).
         description: the grid file's description.
@@ -132,7 +127,7 @@ class GridData:
         return str(self.parent["run_id"])
 
     def parent_param(self, key: str, default: Any = None) -> Any:
-        value = self.parent.get(f"params.{key}")
+        value = self.parent.get(param(key))
         return value if _is_set(value) else default
 
     def cell_rows(self, cell: str, state: str | None = "complete") -> pd.DataFrame:
@@ -167,12 +162,25 @@ class GridData:
         label = self.first(cell, "techniques", "none")
         return frozenset() if label in (None, "none", "") else frozenset(label.split(","))
 
+    def techniques_used(self) -> frozenset[str]:
+        """Every technique of any cell of the grid."""
+        return frozenset().union(*(self.technique_set(c) for c in self.cells))
+
+    def full_recipe(self) -> frozenset[str] | None:
+        """The chapter's closing recipe, all techniques combined: every technique of the grid, when those include
+        every step of the chapter (each registered technique whose report section has a ``chapter_step``); None
+        for grids that do not cover the chapter (a factorial over three techniques)."""
+        everything = self.techniques_used()
+        entries = TECHNIQUES.entries()
+        steps = {n for n, t in entries.items() if t.report is not None and t.report.chapter_step is not None}
+        return everything if len(everything) > 1 and steps <= everything else None
+
     def history(self, run_id: str | None) -> pd.DataFrame | None:
         return self.histories.get(run_id) if run_id else None
 
 
 def _parents(tracker: Any) -> pd.DataFrame:
-    raw = tracker.search_runs(f"tags.`{ROLE_TAG}` = 'grid'")
+    raw = tracker.search_runs(f"tags.`{schema.ROLE}` = '{schema.ROLE_GRID}'")
     if raw.empty:
         return tidy_runs(raw)
     return tidy_runs(raw.sort_values("start_time", ascending=False))
@@ -200,8 +208,8 @@ def select_parents(tracker: Any, run_id: str | None = None, all_seeds: bool = Fa
         if chosen.empty:
             hint = ""
             child = tracker.search_runs(f"attributes.run_id = '{run_id}'")
-            if not child.empty and "tags.mlflow.parentRunId" in child.columns:
-                parent_id = child.iloc[0]["tags.mlflow.parentRunId"]
+            if not child.empty and tag(schema.PARENT) in child.columns:
+                parent_id = child.iloc[0][tag(schema.PARENT)]
                 if _is_set(parent_id):
                     hint = f"; it is a cell run, its grid run is {parent_id}"
             raise ReportError(f"run {run_id} is not a grid run in {where}{hint}")
@@ -213,23 +221,25 @@ def select_parents(tracker: Any, run_id: str | None = None, all_seeds: bool = Fa
         return parents[parents["run_id"] == primary["run_id"]].reset_index(drop=True), notes
 
     def key(row: pd.Series) -> tuple[Any, ...]:
-        return (row.get("tags.grid"), row.get("tags.profile"), row.get("params.epochs_scale"))
+        return (row.get(tag(schema.GRID)), row.get(tag(schema.PROFILE)), row.get(param(schema.EPOCHS_SCALE)))
 
     same = parents[[key(r) == key(primary) for _, r in parents.iterrows()]]
     other_same_grid = parents[
-        (parents["tags.grid"] == primary.get("tags.grid")) & ~parents["run_id"].isin(same["run_id"])
+        (parents[tag(schema.GRID)] == primary.get(tag(schema.GRID))) & ~parents["run_id"].isin(same["run_id"])
     ]
     if not other_same_grid.empty:
         notes.append(
-            f"{len(other_same_grid)} other run(s) of grid {primary.get('tags.grid')!r} left out of the aggregation: "
+            f"{len(other_same_grid)} other run(s) of grid {primary.get(tag(schema.GRID))!r} left out of the "
+            "aggregation: "
             "different profile or epoch scale."
         )
-    data_cols = [c for c in same.columns if c.startswith("params.data.") and not c.endswith(("cache_hit", "seconds"))]
+    data_prefix = param(schema.DATA_PREFIX)
+    data_cols = [c for c in same.columns if c.startswith(data_prefix) and not c.endswith(("cache_hit", "seconds"))]
     data_cols = [c for c in data_cols if not c.endswith("cache_folder")]
     for col in data_cols:
         if len({json.dumps(v, sort_keys=True, default=str) for v in same[col]}) > 1:
             notes.append(
-                f"the aggregated grid runs differ in `{col[len('params.') :]}`: their seeds saw different data."
+                f"the aggregated grid runs differ in `{col[len(param('')) :]}`: their seeds saw different data."
             )
     # the primary first, then the others newest first
     same = pd.concat([same[same["run_id"] == primary["run_id"]], same[same["run_id"] != primary["run_id"]]])
@@ -237,7 +247,7 @@ def select_parents(tracker: Any, run_id: str | None = None, all_seeds: bool = Fa
 
 
 def _children(tracker: Any, parent_ids: list[str]) -> pd.DataFrame:
-    frames = [tracker.search_runs(f"tags.`mlflow.parentRunId` = '{pid}'") for pid in parent_ids]
+    frames = [tracker.search_runs(f"tags.`{schema.PARENT}` = '{pid}'") for pid in parent_ids]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return tidy_runs(pd.DataFrame())
@@ -281,12 +291,21 @@ def choose_runs(children: pd.DataFrame, cells: list[str], seeds: list[int]) -> t
     return frame, notes
 
 
-def histories(tracker: Any, run_ids: list[str], keys: tuple[str, ...] = HISTORY_KEYS) -> dict[str, pd.DataFrame]:
-    """run id -> frame of per-epoch metrics (index: step = global epoch)."""
+def history_keys(logged: Any = None) -> list[str]:
+    """The per-epoch keys to read for a run whose ``epoch_metric_keys`` param is ``logged`` (None for runs older
+    than that param): every run's keys, then those the run's techniques added."""
+    if isinstance(logged, str):
+        logged = [k.strip() for k in logged.split(",") if k.strip()]
+    return schema.epoch_metric_keys(str(k) for k in logged) if isinstance(logged, list) else schema.epoch_metric_keys()
+
+
+def histories(tracker: Any, runs: Iterable[tuple[str, Any]]) -> dict[str, pd.DataFrame]:
+    """run id -> frame of per-epoch metrics (index: step = global epoch), for (run id, its ``epoch_metric_keys``
+    param) pairs."""
     out: dict[str, pd.DataFrame] = {}
-    for run_id in run_ids:
+    for run_id, logged in runs:
         series = {}
-        for key in keys:
+        for key in history_keys(logged):
             points = tracker.metric_history(run_id, key)
             if points:
                 series[key] = pd.Series({step: value for step, value in points}, dtype=float)
@@ -298,17 +317,15 @@ def histories(tracker: Any, run_ids: list[str], keys: tuple[str, ...] = HISTORY_
 
 def grid_plan(tracker: Any, parent: pd.Series) -> tuple[dict[str, frozenset[str]], str]:
     """(cell -> techniques, description) from the grid file the grid run logged (``grid/<file>``), if readable."""
-    import tomllib
-
-    grid_file = parent.get("params.grid_file")
+    grid_file = parent.get(param(schema.GRID_FILE))
     if not isinstance(grid_file, str) or grid_file.startswith("<"):
         return {}, ""
-    text = tracker.read_artifact_text(str(parent["run_id"]), f"grid/{grid_file.replace(chr(92), '/').split('/')[-1]}")
+    text = tracker.read_artifact_text(
+        str(parent["run_id"]), f"{schema.GRID_FOLDER}/{grid_file.replace(chr(92), '/').split('/')[-1]}"
+    )
     if not text:
         return {}, ""
     try:
-        from sota_ablate.grid import parse_grid
-
         grid = parse_grid(tomllib.loads(text), source=grid_file)
     except Exception as err:  # an old or hand-edited grid file: the report works without it
         return {}, f"(grid file not readable: {err})"
@@ -328,21 +345,25 @@ def collect_grid(tracker: Any, run_id: str | None = None, all_seeds: bool = Fals
     """
     parents, notes = select_parents(tracker, run_id, all_seeds)
     primary = parents.iloc[0]
-    grid = primary.get("tags.grid") or primary.get("params.grid") or primary.get("run_name") or "grid"
+    grid = primary.get(tag(schema.GRID)) or primary.get(param(schema.GRID)) or primary.get("run_name") or "grid"
     cells: list[str] = []
     seeds: set[int] = set()
     # grid order: the longest cell list first (a --cells selection is a subset of the grid's order)
-    for cell_list in sorted((_as_list(p.get("params.cells")) for _, p in parents.iterrows()), key=len, reverse=True):
+    for cell_list in sorted(
+        (_as_list(p.get(param(schema.CELLS))) for _, p in parents.iterrows()), key=len, reverse=True
+    ):
         cells += [c for c in cell_list if c not in cells]
     for _, p in parents.iterrows():
-        seeds |= {int(s) for s in _as_list(p.get("params.seeds"))}
+        seeds |= {int(s) for s in _as_list(p.get(param(schema.SEEDS)))}
     children = _children(tracker, list(parents["run_id"]))
     if not children.empty:
         cells += [c for c in children["cell"].dropna().unique() if c not in cells]
         seeds |= {int(s) for s in children["seed"].dropna()}
     runs, more = choose_runs(children, cells, sorted(seeds))
     notes += more
-    run_ids = [r for r in runs["run_id"] if _is_set(r)]
+    keys_column = param(schema.EPOCH_METRIC_KEYS)
+    logged = runs[keys_column] if keys_column in runs.columns else pd.Series([None] * len(runs), index=runs.index)
+    run_keys = [(r, k) for r, k in zip(runs["run_id"], logged, strict=True) if _is_set(r)]
     planned, description = grid_plan(tracker, primary)
     return GridData(
         grid=str(grid),
@@ -350,7 +371,7 @@ def collect_grid(tracker: Any, run_id: str | None = None, all_seeds: bool = Fals
         runs=runs,
         cells=cells,
         seeds=sorted(seeds),
-        histories=histories(tracker, run_ids),
+        histories=histories(tracker, run_keys),
         notes=notes,
         planned=planned,
         description=description,

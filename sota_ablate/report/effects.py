@@ -7,10 +7,11 @@ generator yields pairs, and which ones says what the effect means:
 - ``leave_one_out``: ``all - T`` -> ``all``, what ``T`` adds to the full recipe;
 - ``factorial``: 2^(n-1) pairs per technique, whose average is the factorial design's **main effect**.
 
-The effect is measured on the accuracy a user gets from the cell: TTA accuracy for cells with ``tta`` (TTA only
-changes inference, so against the plain accuracy its effect would be zero by construction), the plain accuracy
-otherwise. Per seed, ``T``'s effect is the mean over its pairs of ``acc(A + T) - acc(A)``; the 95% interval is
-Student t over those per-seed effects, paired by seed (seed ``k`` shares initialisation, data order and
+The effect is measured on the accuracy a user gets from the cell: for a cell with a technique that declares a
+``judged_by`` metric, that metric (TTA accuracy for ``tta``: TTA only changes inference, so against the plain
+accuracy its effect would be zero by construction), the plain accuracy otherwise. Per seed, ``T``'s effect is
+the mean over its pairs of ``acc(A + T) - acc(A)``; the 95% interval is Student t over those per-seed effects,
+paired by seed (seed ``k`` shares initialisation, data order and
 augmentation draws in every cell). Pairs whose cells train a different number of epochs are flagged: their
 difference mixes the technique with a longer or shorter schedule.
 """
@@ -20,9 +21,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sota_ablate.report import stats
+from sota_ablate import schema
+from sota_ablate.report import keys, stats
 from sota_ablate.report.collect import GridData
-from sota_ablate.report.tables import format_difference, ordered_techniques, pipe_table, total_epochs
+from sota_ablate.report.formatting import format_difference, pipe_table
+from sota_ablate.report.prose import listing
+from sota_ablate.report.tables import total_epochs
+from sota_ablate.techniques import TECHNIQUES, ordered
 
 # How the pairs of a technique were formed (``TechniqueEffect.kind``).
 ALONE, FULL_RECIPE, MAIN_EFFECT, SINGLE_PAIR = "alone", "full_recipe", "main_effect", "single_pair"
@@ -61,17 +66,26 @@ class TechniqueEffect:
         return f"{prefix}`{with_cell}` vs `{without}`"
 
 
+def judged_by(technique: str) -> str | None:
+    """The metric that measures ``technique`` (its ``judged_by``; None: the plain accuracy or not registered)."""
+    return TECHNIQUES.get(technique).judged_by if technique in TECHNIQUES else None
+
+
 def deployed_accuracy(data: GridData, cell: str) -> dict[int, float]:
-    """seed -> the accuracy the cell delivers: TTA accuracy when the cell uses ``tta``, else plain accuracy."""
-    if "tta" in data.technique_set(cell):
-        tta = data.values(cell, "metrics.tta_accuracy")
-        if tta:
-            return tta
-    return data.values(cell, "metrics.final_accuracy")
+    """seed -> the accuracy the cell delivers: the ``judged_by`` metric of its first technique (in registry order)
+    that declares one and logged it (TTA accuracy for a cell with ``tta``), else the plain accuracy."""
+    for technique in ordered(data.technique_set(cell)):
+        key = judged_by(technique)
+        values = data.values(cell, keys.metric(key)) if key else {}
+        if values:
+            return values
+    return data.values(cell, keys.FINAL_ACCURACY)
 
 
 def _epochs(data: GridData, cell: str) -> int | None:
-    return total_epochs(data.first(cell, "params.stages"), fallback=data.first(cell, "params.train.epochs"))
+    return total_epochs(
+        data.first(cell, keys.param(schema.STAGES)), fallback=data.first(cell, keys.param(schema.train_param("epochs")))
+    )
 
 
 def matched_pairs(data: GridData, technique: str) -> list[tuple[str, str]]:
@@ -122,7 +136,7 @@ def technique_effect(data: GridData, technique: str) -> TechniqueEffect | None:
         diff = stats.Difference(stats.mean(deltas), math.nan, math.nan, 0, "none", math.nan)
     ratios = []
     for wo, w in pairs:
-        t_with, t_without = data.values(w, "metrics.wall_time_s"), data.values(wo, "metrics.wall_time_s")
+        t_with, t_without = data.values(w, keys.WALL_TIME), data.values(wo, keys.WALL_TIME)
         ratios += [t_with[s] / t_without[s] for s in set(t_with) & set(t_without) if t_without[s] > 0]
     equal = all(_epochs(data, wo) == _epochs(data, w) for wo, w in pairs)
     return TechniqueEffect(
@@ -137,9 +151,8 @@ def technique_effect(data: GridData, technique: str) -> TechniqueEffect | None:
 
 
 def technique_effects(data: GridData) -> list[TechniqueEffect]:
-    """The effect of every technique the grid can isolate, in the canonical technique order."""
-    used = frozenset().union(*(data.technique_set(c) for c in data.cells))
-    return [e for e in (technique_effect(data, t) for t in ordered_techniques(used)) if e is not None]
+    """The effect of every technique the grid can isolate, in the registry's order."""
+    return [e for e in (technique_effect(data, t) for t in ordered(data.techniques_used())) if e is not None]
 
 
 def effects_markdown(effects: list[TechniqueEffect]) -> str:
@@ -170,11 +183,15 @@ def effects_markdown(effects: list[TechniqueEffect]) -> str:
 
 def effect_notes(effects: list[TechniqueEffect]) -> list[str]:
     """The footnotes under the effects table."""
+    judged = [(e.technique, judged_by(e.technique)) for e in effects if judged_by(e.technique)]
+    by_own = ""
+    if judged:
+        named = listing([f"`{t}`, `{key}`" for t, key in judged])
+        by_own = f" (for {named} vs plain accuracy: what the user gets)"
     notes = [
         "accuracy effect: accuracy with the technique minus without it, in points, over the pairs of cells that "
-        "differ by that technique only (for `tta`, TTA accuracy vs plain accuracy: what the user gets); mean of "
-        "the per-seed effects with a Student-t 95% interval, paired by seed. A verdict needs an interval that "
-        "excludes zero.",
+        f"differ by that technique only{by_own}; mean of the per-seed effects with a Student-t 95% interval, "
+        "paired by seed. A verdict needs an interval that excludes zero.",
         "wall time: with / without, mean over pairs and seeds (x0.80: the technique saves 20 % of the run).",
     ]
     if any(not e.equal_budget for e in effects):

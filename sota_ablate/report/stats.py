@@ -1,13 +1,14 @@
 """Statistics for the report: mean, sample std, Student-t 95% confidence intervals, differences between cells.
 
-Pure functions on plain numbers (no pandas, no scipy). Two cells are compared by a **paired** difference when
-both ran the same seeds (seed ``k`` shares the initialisation, data order and augmentation draws in both cells,
-so the per-seed differences cancel most of the seed-to-seed noise), otherwise by **Welch**'s unequal-variance
-t interval. With a single seed (or a single run on either side) there is no interval: the seed-to-seed spread
-is unknown.
+Pure functions on plain numbers (no pandas; the t distribution is scipy's). Two cells are compared by a
+**paired** difference when both ran the same seeds (seed ``k`` shares the initialisation, data order and
+augmentation draws in both cells, so the per-seed differences cancel most of the seed-to-seed noise), otherwise
+by **Welch**'s unequal-variance t interval. With a single seed (or a single run on either side) there is no
+interval: the seed-to-seed spread is unknown.
 
-The t quantile comes from the regularised incomplete beta function (continued fraction, Numerical Recipes
-§6.4) inverted by bisection, so ``t_quantile(0.975, 4)`` = 2.776 without scipy.
+The intervals are ``mean +- t.ppf(0.975, df) * standard error``: the numbers ``scipy.stats.ttest_rel(a, b)`` and
+``ttest_ind(a, b, equal_var=False)`` give with ``.confidence_interval()``, written out so that a zero spread
+gives the zero-width interval (scipy's is NaN there) and a single seed gives none.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import scipy.stats
 
 CONFIDENCE = 0.95
 
@@ -74,71 +77,20 @@ def std(values: Sequence[float]) -> float:
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 3e-16
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
 def t_cdf(t: float, df: float) -> float:
-    """Student-t cumulative distribution function."""
+    """Student-t cumulative distribution function (``scipy.stats.t.cdf``)."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be positive, got {df}")
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+    return float(scipy.stats.t.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on ``t_cdf``)."""
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (``scipy.stats.t.ppf``)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    return float(scipy.stats.t.ppf(p, df))
 
 
 def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary:

@@ -1,101 +1,31 @@
-"""Tables of the report: the per-cell summary, epoch tables in fastai's format, the published numbers.
+"""Tables of the report: the per-cell summary and epoch tables in fastai's format.
 
 ``cell_summary`` turns a ``GridData`` into one numeric row per cell (mean, std and n over seeds, the
-difference to the baseline with its confidence interval, timings); ``summary_markdown`` formats it.
-``epoch_table_markdown`` prints one run's epochs the way fastai does (epoch, train_loss, valid_loss,
-accuracy with 6 decimals, time as mm:ss). ``published_results`` reads the chapter's printed numbers and
-their replication, shipped as package data (``sota_ablate/resources/published_results.csv``, see its README).
+difference to the reference with its confidence interval, the metrics that judge evaluation-only techniques,
+timings); ``summary_markdown`` formats it. ``epoch_table_markdown`` prints one run's epochs the way fastai does
+(epoch, train_loss, valid_loss, accuracy with 6 decimals, any per-epoch metric a technique logs, time as mm:ss).
+Which techniques exist, and which metric judges each, comes from the technique registry.
 """
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import pandas as pd
 
-from sota_ablate.report import stats
+from sota_ablate import schema
+from sota_ablate.progress import format_time
+from sota_ablate.report import keys, stats
 from sota_ablate.report.collect import GridData
-
-BOOK = "fastbook-ch7"
-REPLICATION = "000_c02ea65f3b71f318.txt"
-TECHNIQUE_ORDER = ("fp16", "normalize", "progressive", "tta", "mixup", "label_smoothing")  # the chapter's order
-ALL_TECHNIQUES = frozenset(TECHNIQUE_ORDER)
-
-# cell technique set -> (source, recipe) rows of published_results.csv whose last epoch is the cell's counterpart
-PUBLISHED_RECIPES: dict[frozenset[str], tuple[tuple[str, str], ...]] = {
-    frozenset(): ((BOOK, "baseline"), (REPLICATION, "baseline_fp32")),
-    frozenset({"fp16"}): ((REPLICATION, "baseline_fp16"),),
-    frozenset({"normalize"}): ((BOOK, "normalize"), (REPLICATION, "normalize_fp16")),
-    frozenset({"progressive"}): ((BOOK, "progressive_224"), (REPLICATION, "progressive_224_fp16")),
-    frozenset({"tta"}): ((BOOK, "progressive_tta"), (REPLICATION, "progressive_tta_fp16")),
-    frozenset({"mixup"}): ((REPLICATION, "mixup_15ep_128_fp16"),),
-    frozenset({"label_smoothing"}): ((REPLICATION, "label_smoothing_15ep_128_fp16"),),
-    ALL_TECHNIQUES: ((REPLICATION, "all_224_fp16"),),
-}
-SOURCE_LABEL = {BOOK: "book", REPLICATION: "repl."}
-PUBLISHED_RECIPE_TEXT = {
-    "baseline": "after 5 epochs at 224 px",
-    "baseline_fp32": "after 5 epochs at 224 px",
-    "baseline_fp16": "after 5 epochs at 224 px, fp16",
-    "normalize": "after 5 epochs at 224 px",
-    "normalize_fp16": "after 5 epochs at 224 px, fp16",
-    "progressive_224": "after 4 epochs at 128 px, then fine_tune 1 + 5 at 224 px",
-    "progressive_224_fp16": "after 4 epochs at 128 px, then fine_tune 1 + 5 at 224 px, fp16",
-    "progressive_tta": "with TTA on the progressive-resizing model",
-    "progressive_tta_fp16": "with TTA on the progressive-resizing model, fp16",
-    "mixup_15ep_128_fp16": "after 15 epochs at 128 px, fp16",
-    "label_smoothing_15ep_128_fp16": "after 15 epochs at 128 px, fp16",
-    "all_224_fp16": "after 15 epochs at 128 px, then fine_tune 1 + 10 at 224 px, fp16 (no TTA)",
-}
-
+from sota_ablate.report.formatting import format_accuracy, format_difference, format_duration, pipe_table
+from sota_ablate.report.published import published_text
+from sota_ablate.techniques import get_technique, label, technique_names
 
 # ---------------------------------------------------------------------------------------------------------------
-# Formatting helpers
-
-
-def pipe_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
-    """A GitHub markdown table; ``align`` is one of ``l``/``r``/``c`` per column (default: all left)."""
-    align = align or "l" * len(header)
-    marks = {"l": ":--", "r": "--:", "c": ":-:"}
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join(marks[a] for a in align) + " |"]
-    for row in rows:
-        cells = [str(v).replace("|", "\\|").replace("\n", " ") for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def format_time(seconds: float) -> str:
-    """fastai's ``mm:ss`` (``h:mm:ss`` past an hour), as the epoch tables print it."""
-    from sota_ablate.progress import format_time as fastai_time
-
-    return fastai_time(seconds)
-
-
-def format_duration(seconds: float | None) -> str:
-    """Seconds with a decimal below a minute (fast CPU cells), else fastai's mm:ss; ``-`` when unknown."""
-    if seconds is None or math.isnan(seconds):
-        return "-"
-    return f"{seconds:.1f} s" if seconds < 60 else format_time(seconds)
-
-
-def format_points(delta: float) -> str:
-    """An accuracy difference in percentage points with its sign (0.0123 -> ``+1.23``)."""
-    return f"{100 * delta:+.2f}"
-
-
-def format_difference(diff: stats.Difference | None) -> str:
-    """``+1.23 pts [-0.50, +2.96]`` (paired/Welch), ``+1.23 pts (no CI)`` or ``-``."""
-    if diff is None or math.isnan(diff.delta):
-        return "-"
-    if not diff.has_ci:
-        return f"{format_points(diff.delta)} pts (no CI)"
-    return f"{format_points(diff.delta)} pts [{format_points(diff.ci_low)}, {format_points(diff.ci_high)}]"
+# Recipes from the logged stages
 
 
 def stage_recipe(stages: Any, fallback: tuple[Any, Any, Any] | None = None) -> str:
@@ -135,57 +65,26 @@ def stage_per_epoch(stages: Any) -> list[tuple[str, int]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Published numbers
-
-
-@cache
-def published_results() -> pd.DataFrame:
-    """The chapter's printed numbers and their replication (see ``sota_ablate/resources/README.md``)."""
-    text = resources.files("sota_ablate").joinpath("resources/published_results.csv").read_text(encoding="utf-8")
-    return pd.read_csv(io.StringIO(text))
-
-
-def published_final(source: str, recipe: str) -> float | None:
-    """The last printed accuracy of ``recipe`` from ``source`` (None when absent)."""
-    df = published_results()
-    rows = df[(df["source"] == source) & (df["recipe"] == recipe)]
-    if rows.empty:
-        return None
-    rows = rows.sort_values("epoch", na_position="first")
-    return float(rows.iloc[-1]["accuracy"])
-
-
-def published_epochs(source: str, recipe: str) -> pd.DataFrame:
-    """The printed epoch rows of ``recipe`` (epoch, train_loss, valid_loss, accuracy, time)."""
-    df = published_results()
-    return df[(df["source"] == source) & (df["recipe"] == recipe)].sort_values("epoch").reset_index(drop=True)
-
-
-def published_for(techniques: frozenset[str]) -> list[tuple[str, str, float]]:
-    """(source, recipe, final accuracy) of the published counterparts of a cell with these techniques."""
-    out = []
-    for source, recipe in PUBLISHED_RECIPES.get(frozenset(techniques), ()):
-        acc = published_final(source, recipe)
-        if acc is not None:
-            out.append((source, recipe, acc))
-    return out
-
-
-def published_text(techniques: frozenset[str]) -> str:
-    """``0.8252 (book); 0.8204 (repl.)`` for the summary table's published column; ``-`` when none."""
-    items = published_for(techniques)
-    if not items:
-        return "-"
-    return "; ".join(f"{acc:.4f} ({SOURCE_LABEL.get(src, src)})" for src, _, acc in items)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The per-cell summary
+
+
+def judging_metrics() -> list[tuple[str, str]]:
+    """(technique, metric key) for every registered technique judged by a metric of its own (``judged_by``:
+    TTA by its TTA accuracy), in registry order: the summary table's extra accuracy columns."""
+    out = []
+    for name in technique_names():
+        judged_by = get_technique(name).judged_by
+        if judged_by:
+            out.append((name, judged_by))
+    return out
 
 
 @dataclass(frozen=True)
 class CellSummary:
-    """Everything the summary table shows about one cell (numbers unformatted)."""
+    """Everything the summary table shows about one cell (numbers unformatted).
+
+    ``judged`` holds, per ``judging_metrics`` key (e.g. ``tta_accuracy``), that metric over the cell's seeds.
+    """
 
     cell: str
     techniques: frozenset[str]
@@ -195,7 +94,7 @@ class CellSummary:
     status: str
     complete: bool
     accuracy: stats.Summary
-    tta: stats.Summary
+    judged: dict[str, stats.Summary]
     difference: stats.Difference | None
     epoch_time_s: float
     wall_time_s: float
@@ -207,17 +106,6 @@ class CellSummary:
 
 def _mean_of(values: dict[int, float]) -> float:
     return stats.mean(list(values.values()))
-
-
-def ordered_techniques(techniques: Iterable[str]) -> list[str]:
-    """The techniques in the canonical order (unknown names last, sorted)."""
-    techniques = set(techniques)
-    return [t for t in TECHNIQUE_ORDER if t in techniques] + sorted(techniques - ALL_TECHNIQUES)
-
-
-def technique_label(techniques: frozenset[str]) -> str:
-    """Comma-separated in the canonical order (as the runs' ``techniques`` tag); ``none`` for the baseline."""
-    return ",".join(ordered_techniques(techniques)) or "none"
 
 
 def status_text(data: GridData, cell: str) -> tuple[str, bool]:
@@ -260,52 +148,44 @@ def find_reference(data: GridData) -> str | None:
 
 def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
     """One summary per cell of the grid, in grid order."""
-    base_acc = data.values(baseline, "metrics.final_accuracy") if baseline else {}
+    base_acc = data.values(baseline, keys.FINAL_ACCURACY) if baseline else {}
+    judging = judging_metrics()
     out = []
     for cell in data.cells:
         techniques = data.technique_set(cell)
-        acc = data.values(cell, "metrics.final_accuracy")
+        acc = data.values(cell, keys.FINAL_ACCURACY)
         status, complete = status_text(data, cell)
         diff = None
         if baseline and cell != baseline and acc and base_acc:
             diff = stats.compare(acc, base_acc)
-        stages = data.first(cell, "params.stages")
+        stages = data.first(cell, keys.param(schema.STAGES))
         fallback = (
-            data.first(cell, "params.train.epochs"),
-            data.first(cell, "params.train.size"),
-            data.first(cell, "params.train.batch_size"),
+            data.first(cell, keys.param(schema.train_param("epochs"))),
+            data.first(cell, keys.param(schema.train_param("size"))),
+            data.first(cell, keys.param(schema.train_param("batch_size"))),
         )
-        device = data.first(cell, "params.device") or data.first(cell, "tags.device") or "-"
+        device = data.first(cell, keys.param(schema.DEVICE)) or data.first(cell, keys.tag(schema.DEVICE)) or "-"
         out.append(
             CellSummary(
                 cell=cell,
                 techniques=techniques,
-                label=technique_label(techniques),
+                label=label(techniques),
                 recipe=stage_recipe(stages, fallback),
                 epochs=total_epochs(stages, fallback[0]),
                 status=status,
                 complete=complete,
                 accuracy=stats.summarize(list(acc.values())),
-                tta=stats.summarize(list(data.values(cell, "metrics.tta_accuracy").values())),
+                judged={key: stats.summarize(list(data.values(cell, keys.metric(key)).values())) for _, key in judging},
                 difference=diff,
-                epoch_time_s=_mean_of(data.values(cell, "metrics.mean_epoch_time_s")),
-                wall_time_s=_mean_of(data.values(cell, "metrics.wall_time_s")),
-                images_per_s=_mean_of(data.values(cell, "metrics.mean_images_per_s")),
+                epoch_time_s=_mean_of(data.values(cell, keys.metric(schema.MEAN_EPOCH_TIME))),
+                wall_time_s=_mean_of(data.values(cell, keys.WALL_TIME)),
+                images_per_s=_mean_of(data.values(cell, keys.metric(schema.MEAN_IMAGES_PER_S))),
                 device=str(device),
-                dtype=str(data.first(cell, "params.dtype") or "-"),
+                dtype=str(data.first(cell, keys.param(schema.DTYPE)) or "-"),
                 published=published_text(techniques),
             )
         )
     return out
-
-
-def format_accuracy(s: stats.Summary) -> str:
-    """``0.8252 +- 0.0031 (n=3)``; ``0.8252 (n=1)``; ``-``."""
-    if s.n == 0:
-        return "-"
-    if s.n == 1:
-        return f"{s.mean:.4f} (n=1)"
-    return f"{s.mean:.4f} ± {s.std:.4f} (n={s.n})"
 
 
 def best_cell(summaries: Sequence[CellSummary]) -> str | None:
@@ -314,26 +194,29 @@ def best_cell(summaries: Sequence[CellSummary]) -> str | None:
     return max(scored, key=lambda s: s.accuracy.mean).cell if scored else None
 
 
-SUMMARY_HEADER = (
-    "cell",
-    "techniques",
-    "recipe (epochs x size, bs)",
-    "accuracy (mean ± std, n)",
-    "TTA accuracy",
-    "Δ vs {reference} [95% CI]",
-    "epoch time",
-    "wall time",
-    "images/s",
-    "device",
-    "dtype",
-    "published",
-    "status",
-)
+def summary_header(reference: str | None) -> list[str]:
+    """The summary table's columns: one accuracy column per ``judging_metrics`` key after the plain accuracy."""
+    return [
+        "cell",
+        "techniques",
+        "recipe (epochs x size, bs)",
+        "accuracy (mean ± std, n)",
+        *[key for _, key in judging_metrics()],
+        f"Δ vs {f'`{reference}`' if reference else 'baseline'} [95% CI]",
+        "epoch time",
+        "wall time",
+        "images/s",
+        "device",
+        "dtype",
+        "published",
+        "status",
+    ]
 
 
 def summary_rows(summaries: Sequence[CellSummary], baseline: str | None) -> list[list[str]]:
     """The summary table's cells as strings, the best cell in bold, incomplete cells marked."""
     best = best_cell(summaries)
+    judging = [key for _, key in judging_metrics()]
     rows = []
     for s in summaries:
         name, acc = f"`{s.cell}`", format_accuracy(s.accuracy)
@@ -341,13 +224,14 @@ def summary_rows(summaries: Sequence[CellSummary], baseline: str | None) -> list
             name, acc = f"**{name}**", f"**{acc}**"
         diff = "(reference)" if s.cell == baseline else format_difference(s.difference)
         status = s.status if s.complete else f"⚠ {s.status}"
+        judged = [format_accuracy(s.judged[k]) if k in s.judged and s.judged[k].n else "-" for k in judging]
         rows.append(
             [
                 name,
                 s.label,
                 s.recipe,
                 acc,
-                format_accuracy(s.tta) if s.tta.n else "-",
+                *judged,
                 diff,
                 format_duration(s.epoch_time_s),
                 format_duration(s.wall_time_s),
@@ -362,50 +246,54 @@ def summary_rows(summaries: Sequence[CellSummary], baseline: str | None) -> list
 
 
 def summary_markdown(summaries: Sequence[CellSummary], baseline: str | None) -> str:
-    header = [h.format(reference=f"`{baseline}`" if baseline else "baseline") for h in SUMMARY_HEADER]
-    return pipe_table(header, summary_rows(summaries, baseline), align="lllllrrrrllll")
+    header = summary_header(baseline)
+    align = "llll" + "l" * (len(header) - 12) + "rrrrllll"
+    return pipe_table(header, summary_rows(summaries, baseline), align=align)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Epoch tables (fastai's format)
 
 
-def epoch_rows(history: pd.DataFrame, stages: Any = None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of an epoch table: epoch, train_loss, valid_loss, accuracy, time (+ stage, size).
+def extra_epoch_keys(logged: Any) -> list[str]:
+    """The per-epoch keys a run logged beyond every run's own (a technique's ``epoch_metrics``), from its
+    ``epoch_metric_keys`` param (absent in runs older than it: none)."""
+    if not isinstance(logged, list):
+        return []
+    base = set(schema.base_epoch_metric_keys())
+    return [str(k) for k in logged if k not in base]
+
+
+def _value(r: pd.Series, key: str) -> str:
+    return "-" if pd.isna(r.get(key)) else f"{r.get(key):.6f}"
+
+
+def epoch_rows(
+    history: pd.DataFrame, stages: Any = None, extra: Sequence[str] = ()
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of an epoch table: epoch, train_loss, valid_loss, accuracy, ``extra`` metrics, time (+ stage,
+    size).
 
     The stage and size columns are added when the run had several stages (progressive resizing).
     """
     per_epoch = stage_per_epoch(stages)
     with_stage = len({name for name, _ in per_epoch}) > 1
-    header = ["epoch", "train_loss", "valid_loss", "accuracy", "time"] + (["stage", "size"] if with_stage else [])
+    shown = [*keys.table_keys(), *extra]
+    header = ["epoch", *shown, "time"] + (["stage", "size"] if with_stage else [])
     rows = []
     for epoch, r in history.iterrows():
-        row = [str(int(epoch))] + [
-            "-" if pd.isna(r.get(k)) else f"{r.get(k):.6f}" for k in ("train_loss", "valid_loss", "accuracy")
-        ]
-        row.append("-" if pd.isna(r.get("epoch_time_s")) else format_time(float(r["epoch_time_s"])))
+        row = [str(int(epoch))] + [_value(r, k) for k in shown]
+        row.append("-" if pd.isna(r.get(keys.EPOCH_TIME)) else format_time(float(r[keys.EPOCH_TIME])))
         if with_stage:
-            name, size = per_epoch[int(epoch)] if int(epoch) < len(per_epoch) else ("", r.get("image_size"))
-            if not pd.isna(r.get("image_size")):
-                size = int(r["image_size"])
+            name, size = per_epoch[int(epoch)] if int(epoch) < len(per_epoch) else ("", r.get(keys.IMAGE_SIZE))
+            if not pd.isna(r.get(keys.IMAGE_SIZE)):
+                size = int(r[keys.IMAGE_SIZE])
             row += [name, str(size)]
         rows.append(row)
     return header, rows
 
 
-def epoch_table_markdown(history: pd.DataFrame, stages: Any = None) -> str:
-    header, rows = epoch_rows(history, stages)
-    return pipe_table(header, rows, align="r" * 5 + "l" * (len(header) - 5))
-
-
-def published_epoch_markdown(source: str, *recipes: str) -> str:
-    """Published recipes' epoch tables as printed (several recipes: one after the other, with a recipe column)."""
-    rows = []
-    for recipe in recipes:
-        for _, r in published_epochs(source, recipe).iterrows():
-            if pd.isna(r["epoch"]):
-                continue
-            row = [str(int(r["epoch"])), f"{r['train_loss']:.6f}", f"{r['valid_loss']:.6f}", f"{r['accuracy']:.6f}"]
-            rows.append([*row, r["time"], *([recipe] if len(recipes) > 1 else [])])
-    header = ["epoch", "train_loss", "valid_loss", "accuracy", "time"] + (["recipe"] if len(recipes) > 1 else [])
-    return pipe_table(header, rows, align="rrrrr" + "l" * (len(header) - 5))
+def epoch_table_markdown(history: pd.DataFrame, stages: Any = None, extra: Sequence[str] = ()) -> str:
+    header, rows = epoch_rows(history, stages, extra)
+    numeric = len(header) - (2 if header[-1] == "size" else 0)
+    return pipe_table(header, rows, align="r" * numeric + "l" * (len(header) - numeric))

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 
 from sota_ablate.config import ConfigError
-from sota_ablate.techniques.base import TECHNIQUES, Priority, Technique
+from sota_ablate.techniques.base import TECHNIQUES, Priority, ReportSection, Technique
 from sota_ablate.train.state import TrainState
 
 
@@ -31,6 +31,15 @@ class FP16(Technique):
     summary = "mixed precision: fp16 autocast + dynamic GradScaler on CUDA, bf16 autocast on CPU"
     source = "Micikevicius et al., Mixed Precision Training (arXiv:1710.03740); fastai MixedPrecision"
     priority = Priority.PRECISION
+    order = 10
+    colour = "#7f7f7f"
+    claims = frozenset({"precision"})
+    report = ReportSection(
+        title="Mixed precision (an addition: chapter 7 never calls `to_fp16`)",
+        intro="Half-precision autocast with loss scaling speeds up training on GPUs with tensor cores; the book uses "
+        "it in chapter 5. Here it measures the speed and any accuracy cost.",
+        timing=True,
+    )
 
     def validate(self) -> None:
         if self.init_scale <= 0:

@@ -13,8 +13,10 @@ from functools import partial
 
 from torch import Tensor
 
+from sota_ablate import schema
 from sota_ablate.config import ConfigError
-from sota_ablate.techniques.base import TECHNIQUES, Priority, Technique
+from sota_ablate.report import illustrations
+from sota_ablate.techniques.base import TECHNIQUES, Priority, ReportSection, SectionContext, Technique
 from sota_ablate.train.state import TrainState, soft_cross_entropy
 
 
@@ -25,6 +27,21 @@ def smooth_targets(targets: Tensor, eps: float) -> Tensor:
 
 def label_smoothing_cross_entropy(logits: Tensor, targets: Tensor, eps: float) -> Tensor:
     return soft_cross_entropy(logits, smooth_targets(targets, eps))
+
+
+def report_section(ctx: SectionContext) -> None:
+    """The report's figure: one image's one-hot and smoothed targets over the book's 10 classes (0.01 ... 0.91 at
+    the cell's eps), the true class a church as in the book."""
+    eps = float(ctx.param(schema.tech_param(LabelSmoothing.name, "eps"), LabelSmoothing.eps))
+    classes = sorted(ctx.class_names)
+    labels = [ctx.class_names[c] for c in classes]
+    index = classes.index(illustrations.CHURCH)
+    ctx.figure(
+        "label_smoothing_target.png",
+        lambda: illustrations.label_smoothing_figure(eps, labels, index),
+        "one-hot vs smoothed target vector",
+        f"The target for one image: one-hot vs smoothed with ε = {eps:g} over {len(labels)} classes.",
+    )
 
 
 @TECHNIQUES.register("label_smoothing")
@@ -38,6 +55,19 @@ class LabelSmoothing(Technique):
     summary = "cross-entropy against (1 - eps) one-hot + eps / C targets, eps 0.1"
     source = "Szegedy et al., Rethinking the Inception Architecture (arXiv:1512.00567); fastai LabelSmoothingCE"
     priority = Priority.LOSS_TARGETS
+    order = 60
+    colour = "#9467bd"
+    claims = frozenset({"loss"})
+    report = ReportSection(
+        title="Label smoothing",
+        intro=(
+            "Train against targets of 1 - ε + ε/N for the true class and ε/N elsewhere (0.91 and 0.01 for ε = 0.1 "
+            "and 10 classes) instead of 1 and 0: less over-confident, more robust to mislabelled images. Like "
+            "mixup, the book says, it needs longer training to pay off; it does not run it."
+        ),
+        chapter_step=5,
+        build=report_section,
+    )
 
     def validate(self) -> None:
         if not 0 <= self.eps < 1:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from sota_ablate.config import ConfigError
-from sota_ablate.techniques.base import TECHNIQUES, Priority, Technique
+from sota_ablate.report import illustrations
+from sota_ablate.techniques.base import TECHNIQUES, Priority, ReportSection, SectionContext, Technique
 from sota_ablate.train.state import TrainState
 
 
@@ -30,6 +31,30 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Ten
     return x_mixed, y_mixed
 
 
+def report_section(ctx: SectionContext) -> None:
+    """The report's illustration: the book's church + gas pump blend from the dataset's images, and its target."""
+    if ctx.dataset is None:
+        ctx.note(f"Mixup figure skipped: {ctx.dataset_note}.")
+        return
+    example, why = illustrations.mixup_example(ctx.dataset)
+    if example is None:
+        ctx.note(f"Mixup figure skipped: {why}.")
+        return
+    names = ctx.class_names
+    first = names.get(example.first_class, example.first_class)
+    second = names.get(example.second_class, example.second_class)
+    target = ", ".join(f"{v:g}" for v in example.target)
+    ctx.figure(
+        "mixup_example.png",
+        lambda: illustrations.mixup_figure(example, names),
+        f"mixup of {first} and {second}",
+        f"{example.weight_first:g} × {first} + {1 - example.weight_first:g} × {second} "
+        f"(`{example.first.name}`, `{example.second.name}`), and the mixed target [{target}].",
+    )
+    if why:
+        ctx.note(why)
+
+
 @TECHNIQUES.register("mixup")
 @dataclass(frozen=True)
 class Mixup(Technique):
@@ -41,6 +66,19 @@ class Mixup(Technique):
     summary = "blend pairs of training images and their labels, lambda ~ Beta(0.4, 0.4), max(l, 1-l)"
     source = "Zhang et al., mixup: Beyond Empirical Risk Minimization (arXiv:1710.09412); fastai MixUp"
     priority = Priority.AUGMENT
+    order = 50
+    colour = "#d62728"
+    claims = frozenset({"batch"})
+    report = ReportSection(
+        title="Mixup",
+        intro=(
+            "Blend each training image with another one, and their one-hot labels with the same weights (λ ~ "
+            "Beta(0.4, 0.4), max(λ, 1 - λ)). The book warns that it needs many more epochs to pay off, and does "
+            "not run it."
+        ),
+        chapter_step=4,
+        build=report_section,
+    )
 
     def validate(self) -> None:
         if self.alpha <= 0:

@@ -1,6 +1,7 @@
 """Epoch checkpoints: everything a cell needs to continue after its last finished epoch, bit for bit.
 
-A checkpoint is one file, ``<folder>/<config hash>.pt``, rewritten after every finished epoch atomically (a
+A checkpoint is one file, ``<folder>/<key>.pt`` (the runner's key: the grid run's id and the cell's config hash,
+so no other grid run, experiment or ``--force`` run can load or delete it), rewritten after every finished epoch atomically (a
 temporary file in the same folder, flushed and fsynced, then ``os.replace``): a crash at any moment leaves
 the previous checkpoint or the new one, never a torn file. The config hash covers every hyperparameter, the
 techniques, the data identity and the seed, and is repeated inside the file, so a different config never
@@ -18,7 +19,6 @@ do not share a disk gives each worker a local folder and ships the file (or pass
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from sota_ablate.train.evaluate import EvalResult
-from sota_ablate.train.loop import EpochRecord, LoopObserver
+from sota_ablate.train.record import EpochRecord, LoopObserver
 from sota_ablate.train.state import Stage, TrainState
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ class CheckpointError(RuntimeError):
     """The checkpoint folder cannot be used; the message names it and the fix."""
 
 
-def checkpoint_path(folder: str | Path, config_hash: str) -> Path:
-    """The checkpoint file of the cell run whose config hash is ``config_hash``."""
-    if not config_hash or not all(c.isalnum() for c in config_hash):
-        raise ValueError(f"config hash {config_hash!r} is not a plain alphanumeric string")
-    return Path(folder) / f"{config_hash}{SUFFIX}"
+def checkpoint_path(folder: str | Path, key: str) -> Path:
+    """The checkpoint file for ``key`` (letters, digits and ``-`` only: it becomes a file name)."""
+    if not key or not all(c.isalnum() or c == "-" for c in key):
+        raise ValueError(f"checkpoint key {key!r} is not a plain alphanumeric string")
+    return Path(folder) / f"{key}{SUFFIX}"
 
 
 def ensure_writable(folder: str | Path) -> Path:
@@ -130,7 +130,7 @@ def capture(
         "optimizer": s.optimizer.state_dict(),
         "scaler": s.scaler.state_dict(),
         "rng": rng_state(),
-        "records": [dataclasses.asdict(r) for r in records],
+        "records": [r.to_dict() for r in records],
         "predictions": predictions.cpu() if predictions is not None else None,
         "elapsed_s": float(elapsed_s),
         "saved_at": time.time(),
@@ -194,7 +194,7 @@ def restore(s: TrainState, payload: dict[str, Any]) -> None:
 
 def records_of(payload: dict[str, Any]) -> list[EpochRecord]:
     """The epoch records stored in a checkpoint."""
-    return [EpochRecord(**r) for r in payload["records"]]
+    return [EpochRecord.from_dict(r) for r in payload["records"]]
 
 
 def delete_checkpoint(path: str | Path) -> None:
@@ -210,8 +210,9 @@ class CheckpointWriter(LoopObserver):
 
     Written before the epoch's metrics are logged, a checkpoint always covers at least every epoch the
     tracking store has, so a resumed run never logs an epoch twice (it only back-fills what the store lacks).
-    A checkpoint that cannot be written (disk full, folder gone) is reported once on ``out`` and checkpointing
-    stops for this cell; training goes on.
+    A checkpoint that cannot be written (disk full, folder gone: any exception, torch's serialiser raises
+    RuntimeError for a full disk) is reported once on ``out`` and checkpointing stops for this cell; training goes
+    on.
     """
 
     def __init__(
@@ -245,7 +246,7 @@ class CheckpointWriter(LoopObserver):
         payload = capture(self._s, self.config_hash, self.records, result.predictions, self.meta, elapsed)
         try:
             save_checkpoint(self.path, payload)
-        except OSError as err:
+        except Exception as err:
             self.enabled = False
             delete_checkpoint(self.path)  # an older one would resume behind the epochs already logged
             print(f"warning: no more checkpoints for this cell: cannot write {self.path} ({err})", file=self.out)

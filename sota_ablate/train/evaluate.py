@@ -55,12 +55,12 @@ def evaluate(s: TrainState, size: int, batch_size: int) -> EvalResult:
 
 
 @torch.no_grad()
-def evaluate_tta(s: TrainState, n: int = 4, beta: float = 0.25) -> dict[str, float]:
+def evaluate_tta(s: TrainState, n: int = 4, beta: float = 0.25) -> tuple[dict[str, float], Tensor]:
     """fastai ``Learner.tta``: ``lerp(mean of n augmented softmaxes, plain softmax, beta)``.
 
     Returns:
-        ``tta_accuracy``, ``tta_plain_accuracy`` (the centre-crop pass alone) and ``tta_time_s`` (the whole TTA
-        inference time, all n + 1 passes).
+        The metrics ``tta_accuracy``, ``tta_plain_accuracy`` (the centre-crop pass alone) and ``tta_time_s`` (the
+        whole TTA inference time, all n + 1 passes), and the combined probabilities per validation image (CPU).
     """
     assert s.stage is not None
     size, batch_size = s.stage.size, s.stage.batch_size
@@ -81,4 +81,5 @@ def evaluate_tta(s: TrainState, n: int = 4, beta: float = 0.25) -> dict[str, flo
     labels = s.data.valid.labels.to(combined.device)
     acc = (combined.argmax(dim=-1) == labels).float().mean().item()
     elapsed = time.perf_counter() - start
-    return {"tta_accuracy": acc, "tta_plain_accuracy": plain.accuracy, "tta_time_s": elapsed}
+    metrics = {"tta_accuracy": acc, "tta_plain_accuracy": plain.accuracy, "tta_time_s": elapsed}
+    return metrics, combined.float().cpu()

@@ -4,7 +4,8 @@ One ``Stage`` is one fastai ``fit_one_cycle``; ``progressive`` plans a small-siz
 ``fine_tune`` stages. Per batch: one-cycle lr/beta1 set BEFORE the step from the global batch index within
 the stage (fastai's ParamScheduler), augment on the device, one-hot targets, technique hooks (mixup),
 autocast forward, loss in fp32, (scaled) backward, step. No per-batch host sync: the smoothed loss stays on
-the device until the epoch ends.
+the device until the epoch ends. After each epoch's validation, techniques may add per-epoch metrics
+(``epoch_metrics``); after the last, extra evaluation (``after_fit``: TTA).
 """
 
 from __future__ import annotations
@@ -12,53 +13,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from sota_ablate.data import steps_per_epoch, train_loader
-from sota_ablate.techniques.base import Technique
-from sota_ablate.train.evaluate import EvalResult, evaluate
+from sota_ablate.train.evaluate import evaluate
 from sota_ablate.train.optim import reset_state, set_hyper
+from sota_ablate.train.record import EpochRecord, LoopObserver
 from sota_ablate.train.schedule import OneCycle
-from sota_ablate.train.state import Stage, TrainState
+from sota_ablate.train.state import Hooks, Stage, TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training or validation loss became NaN or inf (the model diverged)."""
 
 
-@dataclass
-class EpochRecord:
-    """One row of the epoch table, logged to MLflow with ``step = epoch``."""
-
-    epoch: int
-    stage: str
-    size: int
-    batch_size: int
-    train_loss: float
-    valid_loss: float
-    accuracy: float
-    epoch_time_s: float
-    train_time_s: float
-    images_per_s: float
-    lr: float
-
-
-class LoopObserver:
-    """Receives progress; the default does nothing (see ``progress.py`` and ``runner.py``)."""
-
-    def start(self, s: TrainState, total_steps: int, stages: Sequence[Stage]) -> None: ...
-
-    def batch(self) -> None: ...
-
-    def epoch(self, record: EpochRecord, result: EvalResult) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-def plan_stages(techniques: Sequence[Technique], s: TrainState) -> list[Stage]:
+def plan_stages(techniques: Sequence[Hooks], s: TrainState) -> list[Stage]:
     """The recipe's stages: one fit_one_cycle, then whatever ``plan`` hooks make of it."""
     cfg = s.cfg
     stages = [
@@ -80,10 +51,9 @@ def plan_stages(techniques: Sequence[Technique], s: TrainState) -> list[Stage]:
 
 def fit(
     s: TrainState,
-    techniques: Sequence[Technique],
+    techniques: Sequence[Hooks],
     observer: LoopObserver | None = None,
     start_epoch: int = 0,
-    on_epoch_end: Callable[[TrainState], None] | None = None,
     resume: Callable[[TrainState], None] | None = None,
 ) -> list[EpochRecord]:
     """Train ``s.model`` through every stage; return one record per epoch.
@@ -93,7 +63,6 @@ def fit(
         techniques: technique instances, already sorted by priority.
         observer: progress display and logging.
         start_epoch: skip the epochs before this global epoch index (for resuming from a checkpoint).
-        on_epoch_end: called after each epoch (checkpointing).
         resume: called after the techniques' setup and before the first batch, to restore a checkpoint (model,
             optimizer, scaler, step, smoothed loss, RNG); use with ``start_epoch`` = the checkpoint's next epoch.
             Only the epochs from ``start_epoch`` on are returned.
@@ -140,7 +109,6 @@ def fit(
                 continue
             start = time.perf_counter()
             s.model.train()
-            s.training = True
             step_in_stage = stage_epoch * steps
             lr = stage.lr_max
             for x, y in train_loader(s.data.train, stage.batch_size, stage.size, s.cfg.augment):
@@ -191,14 +159,12 @@ def fit(
                 train_time_s=train_time,
                 images_per_s=steps * stage.batch_size / max(train_time, 1e-9),
                 lr=lr,
+                extra={k: v for tech in techniques for k, v in tech.epoch_metrics(s).items()},
             )
             s.smooth_loss, s.smooth_count = smooth, count
             records.append(record)
             observer.epoch(record, result)
-            if on_epoch_end is not None:
-                on_epoch_end(s)
             epoch += 1
-    s.training = False
     for tech in techniques:
         tech.after_fit(s)
     observer.finish()

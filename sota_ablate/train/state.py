@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from sota_ablate.config import TrainConfig
 from sota_ablate.data import ImageData
+from sota_ablate.models import create_model
+from sota_ablate.train.optim import create_optimizer
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,20 @@ class Stage:
     div_final: float = 1e5
     pct_start: float = 0.25
     reset_optimizer: bool = False
+
+
+class Hooks(Protocol):
+    """What the loop calls on each technique (``techniques/base.py``: every hook a no-op by default)."""
+
+    def plan(self, stages: list[Stage], cfg: TrainConfig) -> list[Stage]: ...
+
+    def setup(self, s: TrainState) -> None: ...
+
+    def before_batch(self, s: TrainState) -> None: ...
+
+    def epoch_metrics(self, s: TrainState) -> dict[str, float]: ...
+
+    def after_fit(self, s: TrainState) -> None: ...
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -71,7 +87,6 @@ class TrainState:
     # Per batch.
     x: Tensor | None = None
     y: Tensor | None = None
-    training: bool = True
     # Progress.
     stage: Stage | None = None
     epoch: int = 0
@@ -82,6 +97,8 @@ class TrainState:
     n_out: int = 10  # model outputs (>= number of classes); the width of the one-hot targets
     # Extra metrics techniques compute after training (e.g. ``tta_accuracy``).
     final_metrics: dict[str, float] = field(default_factory=dict)
+    # Per-validation-image probabilities techniques compute after training, by name (``tta``: TTA's combined ones).
+    outputs: dict[str, Tensor] = field(default_factory=dict)
 
 
 def build_state(cfg: TrainConfig, data: ImageData, device: torch.device, n_out: int | None = None) -> TrainState:
@@ -95,9 +112,6 @@ def build_state(cfg: TrainConfig, data: ImageData, device: torch.device, n_out: 
         device: where to train.
         n_out: outputs of the head (default: the number of classes in ``data``).
     """
-    from sota_ablate.models import create_model
-    from sota_ablate.train.optim import create_optimizer
-
     n_out = n_out or len(data.classes)
     model = create_model(cfg.model, n_out=n_out).to(device)
     channels_last = device.type in ("cuda", "cpu")

@@ -1,70 +1,32 @@
-"""The report's result plots (matplotlib, Agg): one colour per technique in every figure.
+"""Figures of a grid's results (matplotlib, Agg): curves by epoch, final accuracy, accuracy against time, the
+effects forest plot, the confusion matrix, and the figures of technique sections (progressive resizing's size
+switch, evaluation-only techniques' accuracy and time).
 
-Each ``plot_*`` function builds and returns a Figure; ``save`` writes it as PNG and closes it (the MLflow
-docs' advice: build in a function, close after use), so a long report never accumulates open figures.
-Curves are means over the complete seeds of a cell, with each seed drawn faintly behind when there are several.
+Each ``plot_*`` function builds and returns a Figure, coloured by the ``colours`` it is given (cell -> colour,
+``palette.cell_colours``); ``canvas.save`` writes and closes it. Curves are means over the complete seeds of a
+cell, with each seed drawn faintly behind when there are several. The grid arrives as ``report.collect.GridData``
+(only its methods are used: this module imports no other report module that knows about techniques, so a
+technique's report section can import it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from sota_ablate.report.collect import GridData
-from sota_ablate.report.effects import TechniqueEffect
-from sota_ablate.report.tables import CellSummary
+from sota_ablate.report import keys
+from sota_ablate.report.canvas import pyplot
+from sota_ablate.run_figures import confusion_matrix_figure
 
-# One colour per technique (a single-technique cell takes its technique's colour), fixed across figures.
-TECHNIQUE_COLOURS = {
-    "none": "#222222",
-    "fp16": "#7f7f7f",
-    "normalize": "#1f77b4",
-    "progressive": "#ff7f0e",
-    "tta": "#2ca02c",
-    "mixup": "#d62728",
-    "label_smoothing": "#9467bd",
-    "all": "#8c564b",
-}
-EXTRA_COLOURS = ("#e377c2", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5")
-ALL_TECHNIQUES = frozenset(k for k in TECHNIQUE_COLOURS if k not in ("none", "all"))
+if TYPE_CHECKING:
+    from sota_ablate.report.collect import GridData
+    from sota_ablate.report.effects import TechniqueEffect
+    from sota_ablate.report.tables import CellSummary
 
-
-def pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def cell_colours(data: GridData) -> dict[str, str]:
-    """cell -> colour: its technique's colour for single-technique cells, black for the baseline, brown for
-    all techniques, then a fixed palette for other combinations (in grid order)."""
-    out: dict[str, str] = {}
-    extra = iter(EXTRA_COLOURS * 4)
-    for cell in data.cells:
-        techniques = data.technique_set(cell)
-        if not techniques:
-            out[cell] = TECHNIQUE_COLOURS["none"]
-        elif techniques >= ALL_TECHNIQUES:
-            out[cell] = TECHNIQUE_COLOURS["all"]
-        elif len(techniques) == 1 and next(iter(techniques)) in TECHNIQUE_COLOURS:
-            out[cell] = TECHNIQUE_COLOURS[next(iter(techniques))]
-        else:
-            out[cell] = next(extra)
-    return out
-
-
-def save(fig: Any, path: Path) -> Path:
-    """Write ``fig`` as PNG (no timestamp metadata, so reruns give the same bytes) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    pyplot().close(fig)
-    return path
+PLAIN = "#888888"  # the plain (no technique) bar next to a technique's
 
 
 def cell_histories(data: GridData, cell: str, key: str) -> list[pd.Series]:
@@ -74,6 +36,17 @@ def cell_histories(data: GridData, cell: str, key: str) -> list[pd.Series]:
         hist = data.history(run_id)
         if hist is not None and key in hist.columns:
             out.append(hist[key].dropna())
+    return out
+
+
+def validation_pass_times(data: GridData, cell: str) -> list[float]:
+    """Seconds of the last plain validation pass of each complete run of ``cell`` (epoch time - train time)."""
+    out = []
+    for run_id in data.cell_rows(cell)["run_id"]:
+        hist = data.history(run_id)
+        if hist is not None and {keys.EPOCH_TIME, keys.TRAIN_TIME} <= set(hist.columns) and len(hist):
+            last = hist.iloc[-1]
+            out.append(float(last[keys.EPOCH_TIME] - last[keys.TRAIN_TIME]))
     return out
 
 
@@ -104,12 +77,11 @@ def _curves(ax: Any, data: GridData, key: str, colours: Mapping[str, str], cells
     return drew
 
 
-def plot_accuracy_by_epoch(data: GridData, cells: Sequence[str] | None = None) -> Any:
+def plot_accuracy_by_epoch(data: GridData, colours: Mapping[str, str], cells: Sequence[str] | None = None) -> Any:
     """Validation accuracy by epoch for every cell in one figure."""
     plt = pyplot()
-    colours = cell_colours(data)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    drew = _curves(ax, data, "accuracy", colours, cells or data.cells)
+    drew = _curves(ax, data, keys.ACCURACY, colours, cells or data.cells)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{data.grid}: validation accuracy by epoch (mean over seeds)")
@@ -120,13 +92,15 @@ def plot_accuracy_by_epoch(data: GridData, cells: Sequence[str] | None = None) -
     return fig
 
 
-def plot_losses(data: GridData, cells: Sequence[str] | None = None) -> Any:
-    """Training and validation loss by epoch, one panel each."""
+def plot_losses(
+    data: GridData, colours: Mapping[str, str], scale_note: str = "", cells: Sequence[str] | None = None
+) -> Any:
+    """Training and validation loss by epoch, one panel each; ``scale_note`` (which techniques change the loss's
+    scale) goes into the title."""
     plt = pyplot()
-    colours = cell_colours(data)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     drew = False
-    for ax, key in zip(axes, ("train_loss", "valid_loss"), strict=True):
+    for ax, key in zip(axes, (keys.TRAIN_LOSS, keys.VALID_LOSS), strict=True):
         drew = _curves(ax, data, key, colours, cells or data.cells) or drew
         ax.set_xlabel("epoch")
         ax.set_title(key)
@@ -134,15 +108,16 @@ def plot_losses(data: GridData, cells: Sequence[str] | None = None) -> Any:
     axes[0].set_ylabel("loss")
     if drew:
         axes[1].legend(fontsize=8, loc="upper right", ncol=2)
-    fig.suptitle(f"{data.grid}: losses (label smoothing and mixup change the loss's scale)", fontsize=10)
+    fig.suptitle(f"{data.grid}: losses" + (f" ({scale_note})" if scale_note else ""), fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def plot_final_accuracy(data: GridData, summaries: Sequence[CellSummary], baseline: str | None) -> Any:
+def plot_final_accuracy(
+    data: GridData, summaries: Sequence[CellSummary], baseline: str | None, colours: Mapping[str, str]
+) -> Any:
     """Final accuracy per cell: mean with std error bars (seeds as dots), the baseline's mean as a line."""
     plt = pyplot()
-    colours = cell_colours(data)
     shown = [s for s in summaries if s.accuracy.n > 0]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(summaries) + 2), 4.5))
     for i, s in enumerate(summaries):
@@ -151,7 +126,7 @@ def plot_final_accuracy(data: GridData, summaries: Sequence[CellSummary], baseli
             continue
         err = s.accuracy.std if s.accuracy.n > 1 else 0
         ax.bar(i, s.accuracy.mean, yerr=err, color=colours[s.cell], alpha=0.85, capsize=4)
-        seeds = list(data.values(s.cell, "metrics.final_accuracy").values())
+        seeds = list(data.values(s.cell, keys.FINAL_ACCURACY).values())
         ax.scatter([i] * len(seeds), seeds, color="black", s=10, zorder=3)
         ax.text(i, s.accuracy.mean + err + 0.01, f"{s.accuracy.mean:.3f}", ha="center", fontsize=8)
     if baseline:
@@ -169,16 +144,15 @@ def plot_final_accuracy(data: GridData, summaries: Sequence[CellSummary], baseli
     return fig
 
 
-def plot_accuracy_vs_time(data: GridData, summaries: Sequence[CellSummary]) -> Any:
+def plot_accuracy_vs_time(data: GridData, summaries: Sequence[CellSummary], colours: Mapping[str, str]) -> Any:
     """Final accuracy against total wall time per cell (each seed a faint dot, the mean a labelled marker)."""
     plt = pyplot()
-    colours = cell_colours(data)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in summaries:
         if s.accuracy.n == 0:
             continue
-        acc = data.values(s.cell, "metrics.final_accuracy")
-        wall = data.values(s.cell, "metrics.wall_time_s")
+        acc = data.values(s.cell, keys.FINAL_ACCURACY)
+        wall = data.values(s.cell, keys.WALL_TIME)
         seeds = sorted(set(acc) & set(wall))
         if len(seeds) > 1:
             ax.scatter([wall[k] for k in seeds], [acc[k] for k in seeds], color=colours[s.cell], alpha=0.3, s=15)
@@ -192,14 +166,13 @@ def plot_accuracy_vs_time(data: GridData, summaries: Sequence[CellSummary]) -> A
     return fig
 
 
-def plot_progressive(data: GridData, cell: str, baseline: str | None) -> Any:
+def plot_progressive(data: GridData, cell: str, baseline: str | None, colours: Mapping[str, str]) -> Any:
     """Accuracy by epoch of the progressive cell across its size switch (the baseline for reference)."""
     plt = pyplot()
-    colours = cell_colours(data)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     cells = [c for c in (baseline, cell) if c]
-    _curves(ax, data, "accuracy", colours, cells)
-    sizes = cell_histories(data, cell, "image_size")
+    _curves(ax, data, keys.ACCURACY, colours, cells)
+    sizes = cell_histories(data, cell, keys.IMAGE_SIZE)
     if sizes:
         size = sizes[0]
         for epoch in range(1, len(size)):
@@ -226,44 +199,48 @@ def plot_progressive(data: GridData, cell: str, baseline: str | None) -> Any:
     return fig
 
 
-def plot_tta(data: GridData, cells: Sequence[str]) -> Any:
-    """Per TTA cell: plain vs TTA accuracy (left) and plain validation vs TTA inference time (right)."""
+@dataclass(frozen=True)
+class EvaluationBars:
+    """One cell's numbers for ``plot_evaluation``: seeds' plain and technique accuracy, and the seconds of one
+    plain validation pass and of the technique's evaluation."""
+
+    cell: str
+    plain: Sequence[float]
+    judged: Sequence[float]
+    valid_time: Sequence[float]
+    technique_time: Sequence[float]
+
+
+def plot_evaluation(cells: Sequence[EvaluationBars], technique: str, colour: str) -> Any:
+    """For a technique that changes evaluation only (TTA), per cell: plain vs its accuracy (left) and one plain
+    validation pass vs its inference time (right), the same models on both sides."""
     plt = pyplot()
     fig, (ax_acc, ax_time) = plt.subplots(1, 2, figsize=(10, 4.2))
     width = 0.38
-    for i, cell in enumerate(cells):
-        plain = list(data.values(cell, "metrics.final_accuracy").values())
-        tta = list(data.values(cell, "metrics.tta_accuracy").values())
-        tta_time = list(data.values(cell, "metrics.tta_time_s").values())
-        valid_time = []
-        for run_id in data.cell_rows(cell)["run_id"]:
-            hist = data.history(run_id)
-            if hist is not None and {"epoch_time_s", "train_time_s"} <= set(hist.columns) and len(hist):
-                last = hist.iloc[-1]
-                valid_time.append(float(last["epoch_time_s"] - last["train_time_s"]))
-        for offset, values, colour, label in (
-            (-width / 2, plain, "#888888", "plain"),
-            (width / 2, tta, "#2ca02c", "TTA"),
+    for i, c in enumerate(cells):
+        for offset, values, bar_colour, label in (
+            (-width / 2, c.plain, PLAIN, "plain"),
+            (width / 2, c.judged, colour, technique),
         ):
             if values:
                 mean = sum(values) / len(values)
-                ax_acc.bar(i + offset, mean, width, color=colour, label=label if i == 0 else None)
+                ax_acc.bar(i + offset, mean, width, color=bar_colour, label=label if i == 0 else None)
                 ax_acc.text(i + offset, mean + 0.01, f"{mean:.3f}", ha="center", fontsize=8)
-        for offset, values, colour, label in (
-            (-width / 2, valid_time, "#888888", "plain validation pass"),
-            (width / 2, tta_time, "#2ca02c", "TTA (all passes)"),
+        for offset, values, bar_colour, label in (
+            (-width / 2, c.valid_time, PLAIN, "plain validation pass"),
+            (width / 2, c.technique_time, colour, f"{technique} (all passes)"),
         ):
             if values:
                 mean = sum(values) / len(values)
-                ax_time.bar(i + offset, mean, width, color=colour, label=label if i == 0 else None)
+                ax_time.bar(i + offset, mean, width, color=bar_colour, label=label if i == 0 else None)
                 ax_time.text(i + offset, mean, _seconds(mean), ha="center", va="bottom", fontsize=8)
     for ax in (ax_acc, ax_time):
-        ax.set_xticks(range(len(cells)), cells)
+        ax.set_xticks(range(len(cells)), [c.cell for c in cells])
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right" if ax is ax_acc else "upper left")
     ax_acc.set_ylabel("final validation accuracy")
     ax_acc.set_ylim(0, 1.05)
-    ax_acc.set_title("plain vs TTA accuracy (same model)")
+    ax_acc.set_title(f"plain vs {technique} accuracy (same model)")
     ax_time.set_ylabel("seconds")
     ax_time.set_title("inference time over the validation set")
     fig.tight_layout()
@@ -297,6 +274,4 @@ def plot_effects(effects: Sequence[TechniqueEffect], grid: str) -> Any:
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> Any:
     """The confusion matrix (counts, row-normalised colours), as each run's own artifact draws it."""
-    from sota_ablate.plots import confusion_matrix_figure
-
     return confusion_matrix_figure(matrix, classes, title)

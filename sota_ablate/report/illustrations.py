@@ -7,7 +7,9 @@
   by file name) of each class's training folder resized to 256x256, and the mixed target vector.
 - Label smoothing: the smoothed target vector of 10 classes, ``(1 - eps) * one_hot + eps / N`` = 0.01 ... 0.91.
 
-The image functions need the dataset folder (``train/<class>/*``); ``find_dataset`` locates it.
+The image functions need the dataset folder (``train/<class>/*``); ``find_dataset`` locates it. The techniques'
+report sections (``ReportSection.build``) call these; this module imports no report module that knows about
+techniques.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sota_ablate.report.plots import pyplot
+from sota_ablate.data import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, normalize, train_transform
+from sota_ablate.report.canvas import pyplot
+from sota_ablate.report.formatting import pipe_table
 
 CHURCH, GAS_PUMP = "n03028079", "n03425413"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -106,8 +110,6 @@ def real_batch(folder: Path, batch_size: int = 64, size: int = 224, presize: int
     import torch
     from PIL import Image
 
-    from sota_ablate.data import AugmentConfig, train_transform
-
     files = [f for c in class_folders(folder) for f in image_files(folder / "train" / c)]
     if not files:
         raise FileNotFoundError(f"no images under {folder / 'train'}")
@@ -137,8 +139,6 @@ def _rounded(values: Any) -> tuple[float, ...]:
 
 def batch_stats(x: Any) -> BatchStats:
     """Mean and std over (batch, height, width) per channel, before and after ``normalize`` (ImageNet stats)."""
-    from sota_ablate.data import IMAGENET_MEAN, IMAGENET_STD, normalize
-
     y = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
     return BatchStats(
         n_images=int(x.shape[0]),
@@ -147,6 +147,26 @@ def batch_stats(x: Any) -> BatchStats:
         std_before=_rounded(x.std(dim=(0, 2, 3))),
         mean_after=_rounded(y.mean(dim=(0, 2, 3))),
         std_after=_rounded(y.std(dim=(0, 2, 3))),
+    )
+
+
+def _fmt4(values: Any) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
+
+
+def batch_stats_markdown(s: BatchStats) -> str:
+    """The batch statistics next to the book's, as a paragraph with a table."""
+    book_b, book_a = BOOK_STATS["before"], BOOK_STATS["after"]
+    return (
+        f"Per-channel statistics of one real training batch ({s.n_images} images at {s.size} px, the training "
+        "augmentation), before and after `normalize` with the ImageNet mean and std:\n\n"
+        + pipe_table(
+            ["", "mean (R, G, B)", "std (R, G, B)", "book: mean", "book: std"],
+            [
+                ["before", _fmt4(s.mean_before), _fmt4(s.std_before), _fmt4(book_b[0]), _fmt4(book_b[1])],
+                ["after", _fmt4(s.mean_after), _fmt4(s.std_after), _fmt4(book_a[0]), _fmt4(book_a[1])],
+            ],
+        )
     )
 
 

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from sota_ablate.train.loop import EpochRecord
+from sota_ablate.train.record import EpochRecord
 
 
 def _pyplot() -> Any:

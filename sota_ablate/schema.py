@@ -1,0 +1,162 @@
+"""The MLflow schema of sota_ablate: every tag, param key or prefix and metric key, named once.
+
+Writers (``cell_run``, ``grid_run``, ``tracking``) and readers (``report/collect``) use these names; no other
+module spells a key. The names are those of every store written so far (some tags bare, some prefixed with
+``sota_ablate.``): old stores load as they are.
+
+Runs:
+- a **grid run** (tag ``sota_ablate.role = grid``): one per ``run-grid`` invocation (or resumed by a rerun);
+- a **cell run**: one per cell and seed, nested under its grid run (tag ``mlflow.parentRunId``).
+
+Per-epoch metrics are logged with ``step = epoch`` and derived from ``train.record.EpochRecord``: every field
+that declares a metric key, ``valid_time_s``, and the technique-contributed ``extra`` (see ``epoch_metrics``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+
+from sota_ablate.train.record import EpochRecord
+
+# --- Tags ----------------------------------------------------------------------------------------------------------
+ROLE = "sota_ablate.role"  # "grid" on grid runs
+ROLE_GRID = "grid"
+COMPLETE = "sota_ablate.complete"  # "true" once a run finished everything; the only trustworthy "done"
+FAILURE = "sota_ablate.failure"  # why a run failed or was interrupted (removed when it is resumed)
+FAILURE_TYPE = "sota_ablate.failure_type"  # the exception's class name
+OWNER = "sota_ablate.owner"  # host:pid of the process that holds a running run (``lease.py``)
+HEARTBEAT = "sota_ablate.heartbeat"  # unix time of the owner's last sign of life
+RESUMED_FROM = "sota_ablate.resumed_from_epoch"
+RESUMES = "sota_ablate.resumes"
+GRID = "grid"
+GRID_HASH = "grid_hash"
+CELL = "cell"
+SEED = "seed"
+TECHNIQUES = "techniques"  # "fp16,normalize" in the registry's order; "none" for the baseline
+CONFIG_HASH = "config_hash"
+PROFILE = "profile"
+GIT_COMMIT = "git_commit"
+DEVICE = "device"
+PARENT = "mlflow.parentRunId"  # MLflow's own
+RUN_NAME = "mlflow.runName"  # MLflow's own
+
+
+def technique_tag(name: str) -> str:
+    """``technique.<name>`` = ``"true"`` on every cell run that uses the technique."""
+    return f"technique.{name}"
+
+
+# --- Params --------------------------------------------------------------------------------------------------------
+TRAIN_PREFIX = "train."  # the resolved TrainConfig, flattened: train.lr, train.augment.max_rotate, ...
+TECH_PREFIX = "tech."  # technique hyperparameters: tech.<technique>.<field>
+DATA_PREFIX = "data."  # the data's identity and description: data.n_train, data.split, ...
+MODEL_PARAMETERS = "model.parameters"
+MODEL_N_OUT = "model.n_out"
+STAGES = "stages"  # the recipe's fit_one_cycle stages (list of dicts)
+DTYPE = "dtype"
+TOTAL_STEPS = "total_steps"
+CHANNELS_LAST = "channels_last"
+CHECKPOINT_DIR = "checkpoint_dir"
+EPOCH_METRIC_KEYS = "epoch_metric_keys"  # the per-epoch metrics this run logs (a technique may add some)
+# the grid run's
+GRID_FILE = "grid_file"
+SEEDS = "seeds"
+CELLS = "cells"
+CELL_TECHNIQUES = "cell_techniques"
+EPOCHS_SCALE = "epochs_scale"
+DESCRIPTION = "description"
+PROFILE_DESCRIPTION = "profile.description"
+
+
+def tech_param(technique: str, field: str) -> str:
+    return f"{TECH_PREFIX}{technique}.{field}"
+
+
+def train_param(field: str) -> str:
+    return f"{TRAIN_PREFIX}{field}"
+
+
+def data_param(field: str) -> str:
+    return f"{DATA_PREFIX}{field}"
+
+
+# --- Metrics -------------------------------------------------------------------------------------------------------
+# A cell run's summary, logged once at the last epoch's step.
+FINAL_ACCURACY = "final_accuracy"
+FINAL_VALID_LOSS = "final_valid_loss"
+WALL_TIME = "wall_time_s"
+TRAIN_TIME_TOTAL = "train_time_total_s"
+MEAN_EPOCH_TIME = "mean_epoch_time_s"
+MEAN_IMAGES_PER_S = "mean_images_per_s"
+# A grid run's, at step 0.
+CELLS_FAILED = "cells_failed"
+CELLS_FINISHED = "cells_finished"
+
+VALID_TIME = "valid_time_s"
+
+
+def _record_metric_fields() -> list[tuple[str, str]]:
+    return [
+        (f.name, f.metadata["metric"]) for f in dataclasses.fields(EpochRecord) if f.metadata.get("metric") is not None
+    ]
+
+
+def epoch_key(field: str) -> str:
+    """The per-epoch metric key of an ``EpochRecord`` field (``"size"`` -> ``"image_size"``)."""
+    keys = dict(_record_metric_fields())
+    if field not in keys:
+        raise KeyError(f"EpochRecord.{field} is not logged as a metric; metric fields: {', '.join(keys)}")
+    return keys[field]
+
+
+def table_keys() -> list[str]:
+    """The per-epoch keys fastai's epoch table shows (train_loss, valid_loss, accuracy), in the record's order."""
+    return [str(f.metadata["metric"]) for f in dataclasses.fields(EpochRecord) if f.metadata.get("table")]
+
+
+def base_epoch_metric_keys() -> tuple[str, ...]:
+    """The per-epoch metric keys every cell run logs (before any technique's own)."""
+    return (*[key for _, key in _record_metric_fields()], VALID_TIME)
+
+
+def epoch_metrics(record: EpochRecord) -> dict[str, float]:
+    """The per-epoch metrics of ``record`` by MLflow key (fields, ``valid_time_s``, technique extras)."""
+    out = {key: float(getattr(record, name)) for name, key in _record_metric_fields()}
+    out[VALID_TIME] = record.valid_time_s
+    out.update({k: float(v) for k, v in record.extra.items()})
+    return out
+
+
+def epoch_metric_keys(extra: Iterable[str] = ()) -> list[str]:
+    """Every per-epoch key of a run whose techniques add ``extra``."""
+    return [*base_epoch_metric_keys(), *[k for k in extra if k not in base_epoch_metric_keys()]]
+
+
+# --- Artifacts -----------------------------------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.json"  # a cell run's plan
+EPOCHS_CSV = "epochs.csv"
+EPOCHS_TXT = "epochs.txt"
+LEARNING_CURVE = "learning_curve.png"
+CONFUSION_MATRIX_JSON = "confusion_matrix.json"
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+TRACEBACK = "traceback.txt"
+PREDICTIONS = "predictions.npz"  # per validation image: label, path, plain (and techniques') probabilities
+GRID_FOLDER = "grid"  # the grid run's copy of its grid file: grid/<file name>
+CELL_TECHNIQUES_JSON = "cell_techniques.json"
+REPORT_FOLDER = "report"  # the report, logged to the grid run
+
+
+# Characters MLflow rejects in metric, param and tag keys (it allows alphanumerics, _ - . space : /).
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def safe_key(key: str) -> str:
+    """``key`` with every character MLflow rejects replaced by ``_`` (factorial cells are named ``a+b``)."""
+    return _KEY_UNSAFE.sub("_", key)
+
+
+def cell_accuracy(run_name: str) -> str:
+    """The grid run's metric with a finished cell run's accuracy: ``accuracy.<run name>``."""
+    return safe_key(f"accuracy.{run_name}")

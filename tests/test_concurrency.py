@@ -1,0 +1,77 @@
+"""Two ``run-grid`` of the same grid on one store, at the same time: every cell FINISHED exactly once.
+
+Real processes (``python -m sota_ablate``), one of them paused for a while (SIGSTOP) in the middle of a cell, as a
+slow or suspended machine would be: neither marks the other's live runs FAILED, neither trains a cell the other
+holds, and the grid run ends FINISHED once, by whichever process finishes last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import make_image_folder
+
+from sota_ablate.tracking import Tracker
+
+GRID = """
+name = "shared"
+seeds = [0, 1]
+generate = "one_at_a_time"
+techniques = ["mixup", "label_smoothing"]
+"""
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SOTA_ABLATE_HEARTBEAT_S": "1", "SOTA_ABLATE_LEASE_S": "30"}
+    with log.open("wb") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sota_ablate", *args], stdout=f, stderr=subprocess.STDOUT, env=env
+        )
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_two_concurrent_grid_runs_share_the_cells(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "images")
+    grid = tmp_path / "shared.toml"
+    grid.write_text(GRID)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    Tracker(uri, "sota_ablate").check()  # the store exists before both start (see mlflow-notes: schema races)
+    args = ["run-grid", "--profile", "smoke", "--grid", str(grid), "--data", str(folder), "--tracking-uri", uri]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress"]
+    # the decode cache once, so that both processes start training at about the same time
+    assert subprocess.run([sys.executable, "-m", "sota_ablate", *args, "--cells", "baseline", "--experiment", "warm"],
+                          capture_output=True).returncode == 0  # fmt: skip
+    first = _start(args, tmp_path / "first.log")
+    second = _start(args, tmp_path / "second.log")
+    deadline = time.monotonic() + 120
+    while "[1/6]" not in (tmp_path / "second.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second.send_signal(signal.SIGSTOP)  # a slow machine: the second stalls inside its first cell
+    time.sleep(6)
+    second.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["sota_ablate"])
+    parents = runs[runs["tags.sota_ablate.role"] == "grid"]
+    children = runs[runs["tags.sota_ablate.role"] != "grid"]
+    assert len(parents) == 1, parents[["run_id", "status"]]
+    assert parents.iloc[0]["status"] == "FINISHED" and parents.iloc[0]["tags.sota_ablate.complete"] == "true"
+    finished = children[children["status"] == "FINISHED"]
+    keys = sorted(zip(finished["tags.cell"], finished["tags.seed"], strict=True))
+    expected = sorted((c, s) for c in ("baseline", "mixup", "label_smoothing", "all") for s in ("0", "1"))
+    assert keys == expected, keys  # every cell x seed exactly once
+    assert (finished["tags.sota_ablate.complete"] == "true").all()
+    failure = finished.get("tags.sota_ablate.failure")
+    assert failure is None or failure.isna().all(), failure  # no finished run carries a failure tag
+    assert len(children) == len(finished), children[["tags.cell", "tags.seed", "status"]]  # none FAILED
+    logs = (tmp_path / "first.log").read_text() + (tmp_path / "second.log").read_text()
+    assert "another process is training it" in logs or "being trained by another process" in logs
