@@ -167,7 +167,9 @@ def test_sigterm_sigkill_and_rerun(tmp_path: Path, capsys) -> None:
     assert sorted(complete["tags.cell"]) == ["c1", "c2", "c3"]  # every cell finished exactly once
     assert len(runs[runs["tags.mlflow.parentRunId"].isna()]) == 1  # one grid run throughout
     killed = children[children["run_id"] == killed_c3].iloc[0]
-    assert killed["status"] == "FAILED" and killed["tags.sota_ablate.failure"].startswith("left RUNNING by a killed process")
+    assert killed["status"] == "FAILED" and killed["tags.sota_ablate.failure"].startswith(
+        "left RUNNING by a killed process"
+    )
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for _, row in complete.iterrows():  # no epoch logged twice, none missing
         steps = [m.step for m in client.get_metric_history(row["run_id"], "accuracy")]
