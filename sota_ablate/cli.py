@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import sys
@@ -49,6 +50,8 @@ def _parse_seeds(text: str | None) -> list[int] | None:
         raise CliError(f"--seeds {text!r}: use comma-separated integers, e.g. --seeds 0,1,2") from None
     if not seeds:
         raise CliError("--seeds is empty: use e.g. --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise CliError(f"--seeds {text!r}: use distinct integers >= 0, e.g. --seeds 0,1,2")
     return seeds
 
 
@@ -338,7 +341,7 @@ def _run(args: argparse.Namespace) -> int:
         data_kw["cache_dir"] = args.cache_dir
     data_cfg = DataConfig(**data_kw)
     data_cfg.validate()
-    if args.epochs_scale <= 0:
+    if not (args.epochs_scale > 0 and math.isfinite(args.epochs_scale)):
         raise CliError(f"--epochs-scale {args.epochs_scale}: use a positive number")
     opts = RunOptions(
         profile=profile,

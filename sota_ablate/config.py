@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,9 +79,18 @@ class TrainConfig:
             ("augment.p_lighting", 0 <= self.augment.p_lighting <= 1, "a probability in [0, 1]"),
         ]
         src = f" (from {where})" if where else ""
+        check_finite(self, src)
         for key, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"{key} = {_get(self, key)!r}{src} is out of range: it must be {allowed}.")
+
+
+def check_finite(obj: Any, src: str = "", prefix: str = "") -> None:
+    """Raise ConfigError for a NaN or infinite number anywhere in the (nested) dataclass ``obj``."""
+    for key, value in flatten(obj).items():
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{prefix}{key} = {value!r}{src} is not a finite number.")
 
 
 def _get(obj: Any, dotted: str) -> Any:

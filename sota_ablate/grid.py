@@ -181,8 +181,13 @@ def parse_grid(data: dict[str, Any], source: str = "<grid>") -> Grid:
     known_techs = technique_names()
     name = data.get("name") or Path(source).stem
     seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise GridError(f"{source}: seeds must be a non-empty list of integers, like seeds = [0, 1, 2]")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise GridError(f"{source}: seeds must be a non-empty list of distinct integers >= 0, like seeds = [0, 1, 2]")
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         raise GridError(f"{source}: [defaults] must be a table")

@@ -95,6 +95,9 @@ CELLS_FAILED = "cells_failed"
 CELLS_FINISHED = "cells_finished"
 
 VALID_TIME = "valid_time_s"
+# MLflow's own system metric (sampled while a run trains): the machine's CPU use in %, for the report's check of
+# runs timed while the machine was loaded
+SYSTEM_CPU = "system/cpu_utilization_percentage"
 
 
 def _record_metric_fields() -> list[tuple[str, str]]:

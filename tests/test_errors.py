@@ -72,6 +72,12 @@ def _closed_port() -> int:
             ["label_smoothing.eps = 1.0 is out of range", "[0, 1)"],
         ),
         ("name = 'g'\n" + CELL + "size = 0\n", ["size = 0 is out of range"]),
+        ("name = 'g'\n" + CELL + "lr = inf\n", ["lr = inf is not a finite number"]),
+        (
+            "name = 'g'\n" + CELL + "techniques = ['mixup']\nmixup = { alpha = nan }\n",
+            ["mixup.alpha = nan is not a finite number"],
+        ),
+        ("name = 'g'\nseeds = [1, 1]\n" + CELL, ["seeds must be a non-empty list of distinct integers"]),
         ("name = 'g'\n\n[[cells]\nname = 'a'\n", ["TOML syntax error", "line 3"]),
         ("name = '../../etc'\n" + CELL, ["grid name '../../etc' is not allowed"]),
         ("name = 'g'\n[[cells]]\nname = 'a/../../b'\n", ["cell name 'a/../../b' is not allowed"]),
@@ -105,6 +111,11 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         (["--set", "size=0"], ["size = 0 (from --set) is out of range"]),
         (["--seeds", "one"], ["--seeds 'one'"]),
         (["--epochs-scale", "0"], ["--epochs-scale 0.0"]),
+        (["--epochs-scale", "inf"], ["--epochs-scale inf"]),
+        (["--set", "lr=inf"], ["lr = inf (from --set) is not a finite number"]),
+        (["--set", "wd=nan"], ["wd = nan (from --set) is not a finite number"]),
+        (["--seeds", "0,0"], ["--seeds '0,0'", "distinct"]),
+        (["--cells", ","], ["--cells ','", "names no cell"]),
     ],
 )
 def test_bad_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], expected) -> None:

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sota_ablate.config import ConfigError, apply_overrides
+from sota_ablate.config import ConfigError, apply_overrides, check_finite
 from sota_ablate.techniques.base import TECHNIQUES, Priority, ReportSection, SectionContext, Technique
 
 
@@ -68,6 +68,7 @@ def create_techniques(
     for name in names:
         cls = TECHNIQUES.get(name)
         tech = apply_overrides(cls(), dict(overrides.get(name, {})), where=f"technique {name!r}")
+        check_finite(tech, prefix=f"{name}.")
         tech.validate()
         out.append(tech)
     for name in overrides:

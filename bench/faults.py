@@ -1,0 +1,341 @@
+"""Fault drill: inject the faults a hostile but realistic user causes into real ``run-grid`` processes (smoke
+profile, a generated image folder, a temporary sqlite store or tracking server) and check that nothing is lost,
+duplicated, mixed or hung. Prints one row per fault: what was done, what must happen, what happened, ok.
+
+    python bench/faults.py                 # every fault (about 5-10 minutes on a 2-core CPU)
+    python bench/faults.py --only sigkill,concurrent
+
+Faults that need root (a small tmpfs for a full disk) are reported as skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from PIL import Image
+
+CLASSES = ["n01440764", "n02102040", "n03028079"]
+GRID = """
+name = "drill"
+[defaults]
+epochs = 300                   # x 0.01 (smoke profile) = 3 epochs per cell
+[[cells]]
+name = "a"
+techniques = []
+[[cells]]
+name = "b"
+techniques = ["label_smoothing"]
+[[cells]]
+name = "c"
+techniques = ["mixup"]
+"""
+
+
+@dataclass
+class Outcome:
+    fault: str
+    expected: str
+    observed: str
+    ok: bool | None  # None: skipped
+
+
+def make_images(root: Path, seed: int = 0, n_train: int = 5, n_valid: int = 3) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_valid)):
+        for c, wnid in enumerate(CLASSES):
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.zeros((44, 52, 3))
+                base[..., c] = 180
+                img = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{wnid}_{i}.JPEG", quality=90)
+    return root
+
+
+class Drill:
+    """One fault's scratch folder: images, grid file, store, cache and checkpoint folders."""
+
+    def __init__(self, root: Path, uri: str | None = None) -> None:
+        self.root = root
+        self.images = make_images(root / "images")
+        self.grid = root / "drill.toml"
+        self.grid.write_text(GRID)
+        self.uri = uri or f"sqlite:///{root}/mlflow.db"
+        self.cache = root / "cache"
+        self.checkpoints = root / "ckpt"
+
+    def args(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "sota_ablate", "run-grid", "--profile", "smoke", "--grid", str(self.grid),
+                "--data", str(self.images), "--tracking-uri", self.uri, "--cache-dir", str(self.cache),
+                "--checkpoint-dir", str(self.checkpoints), "--device", "cpu", "--no-progress", *extra]  # fmt: skip
+
+    def run(self, *extra: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(self.args(*extra), capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})  # fmt: skip
+
+    def start(self, log: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        f = (self.root / log).open("w")
+        return subprocess.Popen(self.args(*extra), stdout=f, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})  # fmt: skip
+
+    def wait_for(self, log: str, text: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in (self.root / log).read_text():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not in {log} after {timeout} s")
+            time.sleep(0.2)
+
+    def runs(self, backend: str | None = None):  # type: ignore[no-untyped-def]
+        mlflow.set_tracking_uri(backend or self.uri)
+        return mlflow.search_runs(experiment_names=["sota_ablate"])
+
+    def exactly_once(self, backend: str | None = None) -> tuple[bool, str]:
+        """Every cell FINISHED exactly once, nothing RUNNING, one complete grid run."""
+        df = self.runs(backend)
+        cells = df[df["tags.sota_ablate.role"] != "grid"]
+        grids = df[df["tags.sota_ablate.role"] == "grid"]
+        finished = sorted(cells[cells["status"] == "FINISHED"]["tags.cell"])
+        running = int((df["status"] == "RUNNING").sum())
+        complete = grids[grids["status"] == "FINISHED"]
+        ok = finished == ["a", "b", "c"] and running == 0 and len(complete) >= 1
+        return ok, f"finished {','.join(finished) or '-'}; {running} running; {len(grids)} grid run(s)"
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[bool]:
+    """A small tmpfs at ``path`` (True), or False when this process may not mount one (not root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        yield False
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)])
+
+
+def fault_sigterm(root: Path) -> Outcome:
+    d = Drill(root)
+    p = d.start("first.log")
+    d.wait_for("first.log", "[2/3] b")
+    time.sleep(1.5)
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=60)
+    again = d.run()
+    ok, seen = d.exactly_once()
+    resumed = "resuming run" in again.stdout
+    return Outcome("SIGTERM mid-cell, then the same command", "exit 130; rerun continues the cell; each cell once",
+                   f"exit {rc}, rerun {again.returncode}{', resumed' if resumed else ''}; {seen}",
+                   rc == 130 and again.returncode == 0 and ok)  # fmt: skip
+
+
+def fault_sigkill(root: Path) -> Outcome:
+    d = Drill(root)
+    p = d.start("first.log")
+    d.wait_for("first.log", "[2/3] b")
+    d.wait_for("first.log", "\n0 ")
+    p.kill()
+    p.wait()
+    start = time.monotonic()
+    again = d.run()
+    ok, seen = d.exactly_once()
+    return Outcome("SIGKILL mid-cell, then the same command at once",
+                   "the dead run is recognised at once (its owner is gone); each cell once",
+                   f"rerun {again.returncode} in {time.monotonic() - start:.0f} s; {seen}", again.returncode == 0 and ok)  # fmt: skip
+
+
+def fault_concurrent(root: Path) -> Outcome:
+    d = Drill(root)
+    warm = d.run("--cells", "a", "--experiment", "warm")  # the store and the cache exist before both start
+    first, second = d.start("first.log"), d.start("second.log")
+    d.wait_for("second.log", "[1/3]")
+    second.send_signal(signal.SIGSTOP)
+    time.sleep(5)
+    second.send_signal(signal.SIGCONT)
+    rcs = (first.wait(timeout=600), second.wait(timeout=600))
+    ok, seen = d.exactly_once()
+    return Outcome("two run-grid of the same grid at once, one paused 5 s", "every cell FINISHED exactly once",
+                   f"exits {rcs}; {seen}", warm.returncode == 0 and rcs == (0, 0) and ok)  # fmt: skip
+
+
+def fault_replaced_data(root: Path) -> Outcome:
+    d = Drill(root)
+    p = d.start("first.log")
+    d.wait_for("first.log", "[2/3] b")
+    d.wait_for("first.log", "\n0 ")
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    for f in sorted((d.images / "train").rglob("*.JPEG")):  # same names, same count, other pixels
+        stat = f.stat()
+        with Image.open(f) as im:
+            Image.fromarray(255 - np.asarray(im.convert("RGB"))).save(f, quality=90)
+        os.utime(f, (stat.st_atime, stat.st_mtime))
+    again = d.run()
+    df = d.runs()
+    grids = df[df["tags.sota_ablate.role"] == "grid"]
+    new_grid = len(grids) == 2 and "resuming run" not in again.stdout
+    return Outcome("training images replaced (same names, count, mtime) after an interrupt",
+                   "a new grid run: nothing continued on different data",
+                   f"rerun {again.returncode}; {len(grids)} grid runs; {'no' if new_grid else 'a'} resumed cell",
+                   again.returncode == 0 and new_grid)  # fmt: skip
+
+
+def fault_zeroed_cache(root: Path) -> Outcome:
+    d = Drill(root)
+    first = d.run("--cells", "a")
+    for f in d.cache.rglob("images.npy"):  # zeros, header kept: a valid file with all-black images
+        images = np.load(f, mmap_mode="r+")
+        images[:] = 0
+        images.flush()
+        del images
+    again = d.run("--cells", "a", "--force")
+    rebuilt = "rebuil" in (again.stdout + again.stderr).lower()
+    return Outcome("decode cache overwritten with zeros", "detected and rebuilt with a warning",
+                   f"exits {first.returncode}, {again.returncode}; {'rebuilt' if rebuilt else 'NOT rebuilt'}",
+                   first.returncode == 0 and again.returncode == 0 and rebuilt)  # fmt: skip
+
+
+def fault_full_cache_disk(root: Path) -> Outcome:
+    with tmpfs(root / "small", "64k") as mounted:
+        if not mounted:
+            return Outcome(
+                "decode cache on a full disk", "error: naming the folder and space", "skipped (needs root)", None
+            )
+        d = Drill(root)
+        start = time.monotonic()
+        out = subprocess.run([*d.args(), "--cache-dir", str(root / "small")], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        took = time.monotonic() - start
+        ok = out.returncode == 2 and "disk space" in out.stderr and took < 60
+        return Outcome("decode cache on a full disk (64 kB tmpfs)", "error: within seconds, no hang",
+                       f"exit {out.returncode} in {took:.0f} s: {out.stderr.strip()[:90]}", ok)  # fmt: skip
+
+
+def fault_full_checkpoint_disk(root: Path) -> Outcome:
+    with tmpfs(root / "ckpt", "16k") as mounted:
+        if not mounted:
+            return Outcome("checkpoint folder full", "a warning; training goes on", "skipped (needs root)", None)
+        d = Drill(root)
+        out = d.run()
+        ok, seen = d.exactly_once()
+        warned = "no more checkpoints" in out.stdout
+        return Outcome("checkpoint folder full (16 kB tmpfs)", "a warning; every cell still finishes",
+                       f"exit {out.returncode}; {'warned' if warned else 'no warning'}; {seen}",
+                       out.returncode == 0 and warned and ok)  # fmt: skip
+
+
+def fault_outage(root: Path) -> Outcome:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from sota_ablate.server import free_port, start_server, stop_server
+
+    port = free_port()
+    backend = f"sqlite:///{root}/mlflow.db"
+    server = start_server(backend, port, artifacts_destination=str(root / "artifacts"))
+    d = Drill(root, uri=f"http://127.0.0.1:{port}")
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    p = d.start("first.log", env=env)
+    try:
+        d.wait_for("first.log", "[2/3] b")
+        stop_server(server)
+        down = time.monotonic()
+        rc = p.wait(timeout=300)
+        waited = time.monotonic() - down
+    finally:
+        p.kill()
+        stop_server(server)
+    text = (root / "first.log").read_text()
+    server = start_server(backend, port, artifacts_destination=str(root / "artifacts"))
+    try:
+        again = d.run(env=env)
+    finally:
+        stop_server(server)
+    ok, seen = d.exactly_once(backend)
+    hint = "to continue, run:" in text
+    return Outcome("tracking server down for good mid-grid, restarted later",
+                   "error: + resume command within the retry budget; the rerun finishes",
+                   f"exit {rc} after {waited:.0f} s{', resume hint' if hint else ''}; rerun {again.returncode}; {seen}",
+                   rc == 2 and hint and again.returncode == 0 and ok)  # fmt: skip
+
+
+def fault_damaged_checkpoint(root: Path) -> Outcome:
+    d = Drill(root)
+    p = d.start("first.log")
+    d.wait_for("first.log", "[2/3] b")
+    d.wait_for("first.log", "\n0 ")
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    for f in d.checkpoints.glob("*.pt"):
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    again = d.run()
+    ok, seen = d.exactly_once()
+    return Outcome("checkpoint truncated after an interrupt", "ignored with a warning; the cell trains anew",
+                   f"rerun {again.returncode}; {seen}", again.returncode == 0 and ok)  # fmt: skip
+
+
+def fault_empty_cells(root: Path) -> Outcome:
+    d = Drill(root)
+    out = d.run("--cells", ",")
+    created = (root / "mlflow.db").exists() and not d.runs().empty
+    return Outcome("--cells ,", "error: before any run is created", f"exit {out.returncode}: {out.stderr.strip()[:80]}",
+                   out.returncode == 2 and not created)  # fmt: skip
+
+
+FAULTS: dict[str, Callable[[Path], Outcome]] = {
+    "sigterm": fault_sigterm,
+    "sigkill": fault_sigkill,
+    "concurrent": fault_concurrent,
+    "replaced_data": fault_replaced_data,
+    "zeroed_cache": fault_zeroed_cache,
+    "full_cache_disk": fault_full_cache_disk,
+    "full_checkpoint_disk": fault_full_checkpoint_disk,
+    "outage": fault_outage,
+    "damaged_checkpoint": fault_damaged_checkpoint,
+    "empty_cells": fault_empty_cells,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help=f"comma-separated faults (default all: {', '.join(FAULTS)})")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(FAULTS)
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown:
+        parser.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    results = []
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix=f"fault-{name}-") as tmp:
+            start = time.monotonic()
+            try:
+                outcome = FAULTS[name](Path(tmp))
+            except Exception as err:  # a fault that breaks the drill itself is a failure of the drill
+                outcome = Outcome(name, "-", f"drill error: {type(err).__name__}: {err}"[:160], False)
+            results.append(outcome)
+            mark = {True: "ok", False: "FAILED", None: "skipped"}[outcome.ok]
+            print(f"{name}: {mark} ({time.monotonic() - start:.0f} s) - {outcome.observed}", flush=True)
+    print("\n| fault | expected | observed | ok |\n|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r.fault} | {r.expected} | {r.observed} | {dict([(True, 'yes'), (False, '**no**'), (None, 'skipped')])[r.ok]} |"
+        )
+    return 0 if all(r.ok is not False for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
