@@ -27,6 +27,7 @@ from sota_ablate.plan import CellPlan
 from sota_ablate.progress import epoch_table
 from sota_ablate.tracking import Run
 from sota_ablate.train.evaluate import EvalResult
+from sota_ablate.train.flops import training_compute
 from sota_ablate.train.record import EpochRecord, LoopObserver
 from sota_ablate.train.state import Stage, TrainState
 
@@ -42,8 +43,12 @@ class EpochLogger(LoopObserver):
 
     def start(self, s: TrainState, total_steps: int, stages: Sequence[Stage]) -> None:
         extra = [k for t in self.plan.techniques for k in t.epoch_metric_keys]
+        compute = training_compute(s.model, stages, len(s.data.train), s.channels_last)
         self.run.log_params(
             {
+                schema.TRAIN_FLOPS: compute["flops"],
+                schema.TRAIN_IMAGES: compute["images"],
+                schema.OPTIMIZER_STEPS: compute["steps"],
                 schema.DTYPE: s.dtype,
                 schema.TOTAL_STEPS: total_steps,
                 schema.CHANNELS_LAST: s.channels_last,

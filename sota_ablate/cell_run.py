@@ -116,6 +116,11 @@ def _train(
         records = restored + fit(s, plan.techniques, observers, start_epoch=start_epoch, resume=resume)
         wall = time.perf_counter() - start
         predictions = logger.last.predictions if logger.last is not None else (ckpt or {}).get("predictions")
+        holder, finished = winner(run.tracker, cell_filter(parent.run_id, plan.cell, plan.seed), run.run_id)
+        if holder != run.run_id:  # a rival's run reached the store late: it holds the claim, ours is withdrawn
+            run.discard()
+            print(f"{plan.run_name}: run {holder} of another process holds this cell; ours is withdrawn", file=out)
+            return CellOutcome(plan.cell, plan.seed, "SKIPPED" if finished else "ELSEWHERE", holder)
         probabilities = logger.last.probabilities if logger.last is not None else None
         log_results(run, plan, records, wall, s, data, predictions, opts.log_model, probabilities)
         run.set_tags({schema.COMPLETE: "true"})

@@ -104,11 +104,11 @@ def open_grid_run(
         print(f"resuming grid run {parent.run_id}", file=out)
         return parent
     parent = start_grid_run(tracker, grid, opts, seeds, ghash, data_info)
-    holder = (
-        parent.run_id
-        if opts.force
-        else winner(tracker, f"{grid_filter(ghash)} and attributes.status = 'RUNNING'", parent.run_id)[0]
-    )
+    holder = parent.run_id
+    for wait in (0.0, 2.0):  # twice: a rival's grid run written a moment after ours started is seen the second time
+        time.sleep(wait)
+        if not opts.force and holder == parent.run_id:
+            holder = winner(tracker, f"{grid_filter(ghash)} and attributes.status = 'RUNNING'", parent.run_id)[0]
     if holder != parent.run_id:
         parent.discard()
         print(f"another run-grid of this grid started grid run {holder} at the same time: joining it", file=out)

@@ -3,7 +3,10 @@
 MLflow has no compare-and-set, so a claim is optimistic: a process creates its run (RUNNING, with an owner and a
 fresh heartbeat tag), then looks at every run of the same cell and seed under the same grid run: a complete one
 (another process finished the cell meanwhile) wins, else the earliest (start time, then run id) alive one; a
-process that did not win deletes its own run and leaves the cell to the winner.
+process that did not win deletes its own run and leaves the cell to the winner. Two runs created at nearly the
+same moment may each miss the other at that first look (a run's start time is taken before its row is written),
+so the look is repeated before a cell run is marked complete: a run that is not the winner then is withdrawn, and
+every cell ends with exactly one complete run.
 Whatever the interleaving, every process sees the same winner, because each looks after its own run exists.
 
 A run is **alive** while it is RUNNING and its heartbeat (a tag, refreshed every ``heartbeat_s`` by a background

@@ -60,6 +60,9 @@ TOTAL_STEPS = "total_steps"
 CHANNELS_LAST = "channels_last"
 CHECKPOINT_DIR = "checkpoint_dir"
 EPOCH_METRIC_KEYS = "epoch_metric_keys"  # the per-epoch metrics this run logs (a technique may add some)
+TRAIN_FLOPS = "train_flops"  # forward + backward FLOPs of all training steps (train/flops.py)
+TRAIN_IMAGES = "train_images"  # training images seen (with repeats), over all stages
+OPTIMIZER_STEPS = "optimizer_steps"
 # the grid run's
 GRID_FILE = "grid_file"
 SEEDS = "seeds"

@@ -75,3 +75,29 @@ def test_two_concurrent_grid_runs_share_the_cells(tmp_path: Path) -> None:
     assert len(children) == len(finished), children[["tags.cell", "tags.seed", "status"]]  # none FAILED
     logs = (tmp_path / "first.log").read_text() + (tmp_path / "second.log").read_text()
     assert "another process is training it" in logs or "being trained by another process" in logs
+
+
+def test_the_claim_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process computes the same winner: a complete run, else the earliest alive one; stale or orphaned runs
+    (heartbeat too old, or an owner process of this machine that is gone) hold nothing."""
+    from sota_ablate import schema
+    from sota_ablate.lease import cell_filter, claim_tags, winner
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "claims")
+    parent = tracker.start_run("grid")
+    tags = {schema.CELL: "a", schema.SEED: 0}
+    first = tracker.start_run("a", tags={**tags, **claim_tags()}, parent=parent)
+    time.sleep(0.05)
+    second = tracker.start_run("a", tags={**tags, **claim_tags()}, parent=parent)
+    where = cell_filter(parent.run_id, "a", 0)
+    assert winner(tracker, where, first.run_id) == (first.run_id, False)
+    assert winner(tracker, where, second.run_id) == (first.run_id, False)  # both agree: the earlier one
+    second.set_tags({schema.HEARTBEAT: f"{time.time() - 3600:.3f}"})  # a run whose heartbeat stopped long ago
+    first.set_tags({schema.OWNER: "elsewhere:1"})
+    assert winner(tracker, where, first.run_id) == (first.run_id, False)
+    first.set_tags({schema.OWNER: f"{__import__('socket').gethostname()}:999999999"})  # its owner is gone
+    assert winner(tracker, where, second.run_id) == (second.run_id, False)  # only mine is left
+    second.set_tags({schema.COMPLETE: "true"})
+    second.end("FINISHED")
+    third = tracker.start_run("a", tags={**tags, **claim_tags()}, parent=parent)
+    assert winner(tracker, where, third.run_id) == (second.run_id, True)  # finished meanwhile: nothing to do
