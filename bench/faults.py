@@ -52,6 +52,9 @@ class Outcome:
     ok: bool | None  # None: skipped
 
 
+QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # the server's request log
+
+
 def make_images(root: Path, seed: int = 0, n_train: int = 5, n_valid: int = 3) -> Path:
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_valid)):
@@ -246,7 +249,7 @@ def fault_outage(root: Path) -> Outcome:
 
     port = free_port()
     backend = f"sqlite:///{root}/mlflow.db"
-    server = start_server(backend, port, artifacts_destination=str(root / "artifacts"))
+    server = start_server(backend, port, artifacts_destination=str(root / "artifacts"), **QUIET)
     d = Drill(root, uri=f"http://127.0.0.1:{port}")
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     p = d.start("first.log", env=env)
@@ -260,7 +263,7 @@ def fault_outage(root: Path) -> Outcome:
         p.kill()
         stop_server(server)
     text = (root / "first.log").read_text()
-    server = start_server(backend, port, artifacts_destination=str(root / "artifacts"))
+    server = start_server(backend, port, artifacts_destination=str(root / "artifacts"), **QUIET)
     try:
         again = d.run(env=env)
     finally:

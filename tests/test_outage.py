@@ -27,6 +27,8 @@ name = "b"
 techniques = ["label_smoothing"]
 """
 
+QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # the server's request log
+
 
 def test_server_outage_is_bounded_and_the_rerun_repairs_it(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "images")
@@ -34,7 +36,7 @@ def test_server_outage_is_bounded_and_the_rerun_repairs_it(tmp_path: Path) -> No
     grid.write_text(GRID)
     port = free_port()
     backend = f"sqlite:///{tmp_path}/mlflow.db"
-    server = start_server(backend, port, artifacts_destination=str(tmp_path / "artifacts"))
+    server = start_server(backend, port, artifacts_destination=str(tmp_path / "artifacts"), **QUIET)
     uri = f"http://127.0.0.1:{port}"
     Tracker(uri, "sota_ablate").check()
     args = [sys.executable, "-m", "sota_ablate", "run-grid", "--profile", "smoke", "--grid", str(grid), "--data",
@@ -64,7 +66,7 @@ def test_server_outage_is_bounded_and_the_rerun_repairs_it(tmp_path: Path) -> No
     assert "to continue, run:" in text and "python -m sota_ablate run-grid" in text
     assert "Traceback" not in text
 
-    server = start_server(backend, port, artifacts_destination=str(tmp_path / "artifacts"))
+    server = start_server(backend, port, artifacts_destination=str(tmp_path / "artifacts"), **QUIET)
     try:
         again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     finally:
