@@ -227,10 +227,24 @@ def _add_report_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None
         "report",
         parents=parents,
         help="write the markdown report of a grid from its MLflow runs",
-        description="Write reports/<grid>/README.md and its figures from a grid's MLflow runs (the newest grid "
-        "run by default), and log them to that grid run under report/.",
+        description="Write reports/<grid>/README.md and its figures from a grid's MLflow runs and log them to that "
+        "grid run under report/: with --run-id for that grid run, else for the newest run of every grid in the store, "
+        "followed by reports/README.md, the verdict across them.",
     )
-    p.add_argument("--run-id", default=None, help="the grid (parent) run to report on (default: the newest)")
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="the grid (parent) run to report on (default: the newest run of every grid in the store, and "
+        "<out>/README.md, the verdict across them)",
+    )
+    p.add_argument(
+        "--band",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="practical-equivalence band in accuracy points: an effect whose interval lies inside +-POINTS is "
+        "'no effect larger than POINTS' (default 1)",
+    )
     p.add_argument(
         "--all-seeds",
         action="store_true",
@@ -393,20 +407,25 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sota_ablate.report.generate import generate_report
+    from sota_ablate.report.collect import latest_grid_runs
+    from sota_ablate.report.generate import generate_report, generate_synthesis
     from sota_ablate.tracking import Tracker, mask_uri, resolve_tracking_uri
 
+    if not (args.band > 0 and math.isfinite(args.band)):
+        raise CliError(f"--band {args.band}: use a positive number of accuracy points, e.g. --band 1")
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
     print(f"MLflow store: {mask_uri(tracker.uri)}  experiment: {tracker.experiment_name}")
-    readme = generate_report(
-        tracker,
-        run_id=args.run_id,
-        all_seeds=args.all_seeds,
-        out_dir=args.out,
-        data_path=args.data,
-        log_to_mlflow=not args.no_log,
-    )
-    print(f"report: {readme}")
+    band = args.band / 100
+    options = dict(all_seeds=args.all_seeds, out_dir=args.out, data_path=args.data, log_to_mlflow=not args.no_log)
+    if args.run_id:
+        print(f"report: {generate_report(tracker, run_id=args.run_id, band=band, **options)}")
+        return 0
+    grids = latest_grid_runs(tracker)
+    for _, run_id in grids:  # every grid of the store, then the synthesis across them
+        print(f"report: {generate_report(tracker, run_id=run_id, band=band, **options)}")
+    if not grids:  # the error that names the store and what to do
+        generate_report(tracker, band=band, **options)
+    print(f"synthesis: {generate_synthesis(tracker, out_dir=args.out, band=band, all_seeds=args.all_seeds)}")
     return 0
 
 

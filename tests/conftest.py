@@ -30,6 +30,17 @@ def make_image_folder(root: Path, n_train: int = 5, n_valid: int = 3, seed: int 
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks(monkeypatch: pytest.MonkeyPatch):
+    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the environment (MLflow 3): without this, a
+    test's store would become the default of every later test and of the processes they start."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    import os
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")

@@ -3,6 +3,7 @@ file (CutMix) showing up in the grid, MLflow and the report without edits elsewh
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,10 @@ from mlflow.tracking import MlflowClient
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sota_ablate", *args], cwd=cwd, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default store: here
+    return subprocess.run(
+        [sys.executable, "-m", "sota_ablate", *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
 
 
 def test_builtin_grids_from_an_empty_folder(tmp_path: Path) -> None:

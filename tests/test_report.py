@@ -304,7 +304,8 @@ def test_report_files_and_links(store):
     expected = {
         "accuracy_by_epoch.png", "loss_curves.png", "final_accuracy.png", "accuracy_vs_wall_time.png",
         "confusion_matrix_best.png", "normalization_batch_stats.png", "progressive_resizing.png",
-        "tta_accuracy_and_time.png", "mixup_example.png", "label_smoothing_target.png", "technique_effects.png",
+        "tta_accuracy_and_time.png", "mixup_example.png", "label_smoothing_target.png", "verdict_forest.png",
+        "cost_vs_effect.png", "label_smoothing_reliability.png",
     }  # fmt: skip
     assert set(links) == expected
     for link in links:
@@ -314,6 +315,7 @@ def test_report_files_and_links(store):
     chapter = ["Imagenette baseline", "Normalization", "Progressive resizing", "Test time augmentation", "Mixup",
                "Label smoothing"]  # fmt: skip
     assert [t for t in titles if t in chapter] == chapter
+    assert titles[0] == "Verdict" and titles.index("Read this first: caveats") < titles.index("Summary")
     assert titles.index("What each technique is worth") < titles.index("Imagenette baseline")
     assert titles.index("Label smoothing") < titles.index("All techniques combined") < titles.index("Provenance")
 
@@ -332,7 +334,7 @@ def test_summary_holds_the_logged_numbers(store):
         assert ("complete" if s.n == 2 else "⚠ 1/2 seeds; 1 missing") in rows[cell]
     for cell in ("tta", "all"):
         tta = list(_by_seed(children, cell, "metrics.tta_accuracy").values())
-        assert f"{stats.mean(tta):.4f}" in rows[cell].split("|")[5]
+        assert f"{stats.mean(tta):.4f}" in rows[cell].split("|")[7]
     base = _by_seed(children, "baseline", "metrics.final_accuracy")
     for cell, method in (("normalize", "paired"), ("fp16", "none")):
         diff = stats.compare(_by_seed(children, cell, "metrics.final_accuracy"), base)

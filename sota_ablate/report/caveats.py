@@ -1,6 +1,9 @@
 """The caveats that apply to a grid ("Read this first"): partial grids, budgets that differ, too few seeds, not
-the official split, not full-size Imagenette, bf16 standing in for fp16, scaled-down runs, the head size, and
-valid_loss of techniques that train with a loss of their own (those that claim the ``loss``)."""
+the official split, not full-size Imagenette, bf16 standing in for fp16, scaled-down runs, the head size,
+valid_loss of techniques that train with a loss of their own (those that claim the ``loss``), timings of runs
+made while the machine was loaded, the book's numbers coming from a leaky split, and runs from uncommitted code.
+
+All of them are read from the runs: none is typed in for a particular grid."""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ import math
 from collections.abc import Sequence
 
 from sota_ablate import schema
+from sota_ablate.report import stats
 from sota_ablate.report.collect import GridData
-from sota_ablate.report.keys import param, tag
+from sota_ablate.report.formatting import format_duration
+from sota_ablate.report.keys import metric, param, tag
 from sota_ablate.report.prose import listing
 from sota_ablate.report.tables import CellSummary
 from sota_ablate.techniques import TECHNIQUES, ordered
@@ -119,5 +124,85 @@ def honesty_notes(data: GridData, summaries: Sequence[CellSummary], baseline: st
             f"{'it trains' if len(own_loss) == 1 else 'they train'} with (as in fastai), so it is not comparable "
             "with other cells' valid_loss; compare accuracies."
         )
+    notes += [n for n in (loaded_machine_note(data), leaky_split_note(data, summaries), dirty_code_note(data)) if n]
     notes += [f"**Collection:** {n}" for n in data.notes]
     return notes
+
+
+SLOW = 0.75  # a run slower than 75 % of the median images/s of its cell's other seeds was timed on a loaded machine
+CPU_EXCESS = 20.0  # or its mean system CPU % is this many points above the median of the cell's other seeds
+
+
+def loaded_runs(data: GridData) -> list[tuple[str, int, str]]:
+    """(cell, seed, why) of the runs whose timings look like a loaded machine: images/s more than 25 % below the
+    median of the same cell's other seeds, or mean system CPU (``system/cpu_utilization_percentage``) more than
+    20 points above theirs."""
+    out = []
+    speed_key = metric(schema.MEAN_IMAGES_PER_S)
+    for cell in data.cells:
+        rows = data.cell_rows(cell)
+        if len(rows) < 2:
+            continue
+        speeds = data.values(cell, speed_key)
+        cpus = {
+            int(r["seed"]): data.system_cpu[r["run_id"]] for _, r in rows.iterrows() if r["run_id"] in data.system_cpu
+        }
+        for seed in sorted(speeds):
+            others = [v for s, v in speeds.items() if s != seed]
+            why = []
+            median = stats.median(others)
+            if others and median > 0 and speeds[seed] < SLOW * median:
+                why.append(f"{speeds[seed]:.0f} images/s vs a median of {median:.0f} for its other seeds")
+            other_cpu = [v for s, v in cpus.items() if s != seed]
+            if seed in cpus and other_cpu and cpus[seed] > stats.median(other_cpu) + CPU_EXCESS:
+                why.append(f"system CPU {cpus[seed]:.0f} % vs {stats.median(other_cpu):.0f} %")
+            if why:
+                out.append((cell, seed, "; ".join(why)))
+    return out
+
+
+def loaded_machine_note(data: GridData) -> str:
+    """The caveat on runs timed while the machine was loaded (their accuracy is unaffected, their time is not)."""
+    flagged = loaded_runs(data)
+    if not flagged:
+        return ""
+    listed = "; ".join(f"`{cell}` seed {seed} ({why})" for cell, seed, why in flagged)
+    walls = [data.values(cell, metric(schema.WALL_TIME)).get(seed, math.nan) for cell, seed, _ in flagged]
+    longest = max((w for w in walls if not math.isnan(w)), default=math.nan)
+    return (
+        f"**Timings of {len(flagged)} run(s) look like a loaded machine** (another job running alongside): "
+        f"{listed}. Their accuracies are unaffected; their times (up to {format_duration(longest)} of wall time) are "
+        "inflated, and so are the time ratios and speeds that include them."
+    )
+
+
+def leaky_split_note(data: GridData, summaries: Sequence[CellSummary]) -> str:
+    """The caveat on the book's numbers: the chapter drew a random 20 % split on every ``get_dls`` call, so in
+    progressive resizing most final validation images had been training images."""
+    if all(s.published == "-" for s in summaries):
+        return ""
+    splits = _recorded(data, schema.data_param("split"))
+    ours = f"these runs use the `{', '.join(sorted(splits))}` split" if splits else "these runs' split is not recorded"
+    return (
+        "**The book's numbers come from a leaky split.** The chapter passed no splitter, so fastai drew a new random "
+        "20 % split of train and val on every `get_dls` call: across progressive resizing about 80 % of the final "
+        f"validation images had been training images, which inflates its progressive and TTA numbers; {ours}."
+    )
+
+
+def dirty_code_note(data: GridData) -> str:
+    """The caveat on runs made from uncommitted code (``git_commit`` tag ending in ``-dirty``)."""
+    column = tag(schema.GIT_COMMIT)
+    commits = set()
+    if column in data.runs.columns:
+        commits |= {str(c) for c in data.runs[column] if isinstance(c, str)}
+    parent = data.parent.get(column)
+    if isinstance(parent, str):
+        commits.add(parent)
+    dirty = sorted(c for c in commits if c.endswith("-dirty"))
+    if not dirty:
+        return ""
+    return (
+        f"**Uncommitted code.** Runs were made from a working tree with local changes ({', '.join(f'`{c}`' for c in dirty)}): "
+        "the commit alone does not say exactly what ran."
+    )

@@ -22,7 +22,9 @@ import pandas as pd
 
 from sota_ablate import schema
 from sota_ablate.grid import parse_grid
+from sota_ablate.report import stats
 from sota_ablate.report.keys import param, tag
+from sota_ablate.report.predictions import Predictions, read_predictions
 from sota_ablate.techniques import TECHNIQUES
 
 
@@ -106,6 +108,9 @@ class GridData:
         notes: remarks from collecting (parents left out of an aggregation, duplicate runs, ...).
         planned: cell -> techniques from the grid file logged with the grid run (for cells without runs).
         description: the grid file's description.
+        predictions: run id -> its per-image predictions (``predictions.Predictions``; runs without the artifact
+            are absent).
+        system_cpu: run id -> mean of its ``system/cpu_utilization_percentage`` history (runs without it absent).
     """
 
     grid: str
@@ -117,6 +122,8 @@ class GridData:
     notes: list[str] = field(default_factory=list)
     planned: dict[str, frozenset[str]] = field(default_factory=dict)
     description: str = ""
+    predictions: dict[str, Predictions] = field(default_factory=dict)
+    system_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def parent(self) -> pd.Series:
@@ -184,6 +191,18 @@ def _parents(tracker: Any) -> pd.DataFrame:
     if raw.empty:
         return tidy_runs(raw)
     return tidy_runs(raw.sort_values("start_time", ascending=False))
+
+
+def latest_grid_runs(tracker: Any) -> list[tuple[str, str]]:
+    """(grid name, run id of its newest grid run) for every grid in the experiment, newest first."""
+    if tracker.find_experiment_id() is None:
+        return []
+    out: list[tuple[str, str]] = []
+    for _, row in _parents(tracker).iterrows():
+        grid = row.get(tag(schema.GRID)) or row.get("run_name") or "grid"
+        if _is_set(grid) and str(grid) not in {g for g, _ in out}:
+            out.append((str(grid), str(row["run_id"])))
+    return out
 
 
 def select_parents(tracker: Any, run_id: str | None = None, all_seeds: bool = False) -> tuple[pd.DataFrame, list[str]]:
@@ -332,6 +351,51 @@ def grid_plan(tracker: Any, parent: pd.Series) -> tuple[dict[str, frozenset[str]
     return {c.name: frozenset(c.techniques) for c in grid.cells}, grid.description
 
 
+def config_signature(row: pd.Series) -> dict[str, Any]:
+    """What must be equal for two cell runs to be seeds of one recipe: every resolved hyperparameter (the seed
+    aside), the techniques and the data's identity (how it was loaded aside)."""
+    out = {}
+    for column, value in row.items():
+        key = str(column)
+        if key == param(schema.train_param("seed")) or not _is_set(value):
+            continue
+        recipe = key.startswith((param(schema.TRAIN_PREFIX), param(schema.TECH_PREFIX)))
+        data = key.startswith(param(schema.DATA_PREFIX)) and not key.startswith(param(schema.data_param("cache_")))
+        if recipe or data:
+            out[key] = value
+    out[tag(schema.TECHNIQUES)] = row.get(tag(schema.TECHNIQUES))
+    return out
+
+
+def same_configs(parents: pd.DataFrame, children: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Keep only the grid runs whose cells are configured exactly like the primary's (``parents.iloc[0]``), the
+    seed aside; the notes say which grid runs were left out and in what they differ."""
+    primary = str(parents.iloc[0]["run_id"])
+    reference: dict[str, dict[str, Any]] = {}
+    for _, row in children[children["parent_id"] == primary].iterrows():
+        reference.setdefault(str(row["cell"]), config_signature(row))
+    dropped: dict[str, str] = {}
+    for _, row in children[children["parent_id"] != primary].iterrows():
+        parent, cell = str(row["parent_id"]), str(row["cell"])
+        if parent in dropped or cell not in reference:
+            continue
+        ours, theirs = reference[cell], config_signature(row)
+        differ = sorted(k for k in set(ours) | set(theirs) if json.dumps(ours.get(k), default=str) != json.dumps(
+            theirs.get(k), default=str))  # fmt: skip
+        if differ:
+            key = differ[0]
+            names = [k.split(".", 1)[1] for k in differ[:3]]
+            dropped[parent] = (
+                f"grid run `{parent[:8]}` left out of the aggregation: its cell `{cell}` differs from grid run "
+                f"`{primary[:8]}` in {', '.join(f'`{n}`' for n in names)}{' and more' if len(differ) > 3 else ''} "
+                f"({names[0]} {theirs.get(key)!r} vs {ours.get(key)!r}): only runs that differ in the seed alone "
+                "are averaged."
+            )
+    keep_parents = parents[~parents["run_id"].isin(list(dropped))].reset_index(drop=True)
+    keep_children = children[~children["parent_id"].isin(list(dropped))].reset_index(drop=True)
+    return keep_parents, keep_children, list(dropped.values())
+
+
 def collect_grid(tracker: Any, run_id: str | None = None, all_seeds: bool = False) -> GridData:
     """Everything the report needs about one grid, from MLflow.
 
@@ -356,6 +420,12 @@ def collect_grid(tracker: Any, run_id: str | None = None, all_seeds: bool = Fals
     for _, p in parents.iterrows():
         seeds |= {int(s) for s in _as_list(p.get(param(schema.SEEDS)))}
     children = _children(tracker, list(parents["run_id"]))
+    if len(parents) > 1 and not children.empty:
+        parents, children, left_out = same_configs(parents, children)
+        notes += left_out
+        seeds = set()
+        for _, p in parents.iterrows():
+            seeds |= {int(s) for s in _as_list(p.get(param(schema.SEEDS)))}
     if not children.empty:
         cells += [c for c in children["cell"].dropna().unique() if c not in cells]
         seeds |= {int(s) for s in children["seed"].dropna()}
@@ -365,6 +435,13 @@ def collect_grid(tracker: Any, run_id: str | None = None, all_seeds: bool = Fals
     logged = runs[keys_column] if keys_column in runs.columns else pd.Series([None] * len(runs), index=runs.index)
     run_keys = [(r, k) for r, k in zip(runs["run_id"], logged, strict=True) if _is_set(r)]
     planned, description = grid_plan(tracker, primary)
+    complete = [r for r, state in zip(runs["run_id"], runs["state"], strict=True) if _is_set(r) and state == "complete"]
+    predictions = {r: p for r in complete if (p := read_predictions(tracker, r)) is not None}
+    system_cpu = {}
+    for run_id in complete:
+        points = tracker.metric_history(run_id, schema.SYSTEM_CPU)
+        if points:
+            system_cpu[run_id] = stats.mean([v for _, v in points])
     return GridData(
         grid=str(grid),
         parents=parents,
@@ -375,4 +452,6 @@ def collect_grid(tracker: Any, run_id: str | None = None, all_seeds: bool = Fals
         notes=notes,
         planned=planned,
         description=description,
+        predictions=predictions,
+        system_cpu=system_cpu,
     )

@@ -30,7 +30,8 @@ def format_duration(seconds: float | None) -> str:
 
 def format_points(delta: float) -> str:
     """An accuracy difference in percentage points with its sign (0.0123 -> ``+1.23``)."""
-    return f"{100 * delta:+.2f}"
+    text = f"{100 * delta:+.2f}"
+    return "+0.00" if text == "-0.00" else text
 
 
 def format_difference(diff: stats.Difference | None) -> str:
@@ -39,6 +40,8 @@ def format_difference(diff: stats.Difference | None) -> str:
         return "-"
     if not diff.has_ci:
         return f"{format_points(diff.delta)} pts (no CI)"
+    if diff.ci_low == diff.ci_high:  # no spread: a zero-width interval is no evidence, so none is shown
+        return f"{format_points(diff.delta)} pts (identical on every seed)"
     return f"{format_points(diff.delta)} pts [{format_points(diff.ci_low)}, {format_points(diff.ci_high)}]"
 
 
@@ -49,3 +52,23 @@ def format_accuracy(s: stats.Summary) -> str:
     if s.n == 1:
         return f"{s.mean:.4f} (n=1)"
     return f"{s.mean:.4f} ± {s.std:.4f} (n={s.n})"
+
+
+def format_ratio(ratio: float | None) -> str:
+    """The one way the report writes a ratio (wall time with / without): ``1.53x``; ``-`` when unknown."""
+    if ratio is None or math.isnan(ratio):
+        return "-"
+    return f"{ratio:.2f}x"
+
+
+def format_band(band: float) -> str:
+    """The practical-equivalence band in points: ``1 point``, ``0.5 points``."""
+    points = 100 * band
+    return f"{points:g} point" + ("" if points == 1 else "s")
+
+
+def format_count(n: float | None) -> str:
+    """``12,800``; ``-`` when unknown."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    return f"{int(n):,}"

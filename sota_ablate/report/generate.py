@@ -13,15 +13,16 @@ from typing import Any
 
 from sota_ablate import schema
 from sota_ablate.data.names import IMAGENETTE_NAMES
-from sota_ablate.report import overview
+from sota_ablate.report import effects, overview, result_plots, synthesis, verdicts
 from sota_ablate.report.caveats import honesty_notes
-from sota_ablate.report.collect import ReportError, collect_grid
+from sota_ablate.report.collect import ReportError, collect_grid, latest_grid_runs
 from sota_ablate.report.illustrations import find_dataset
 from sota_ablate.report.keys import param
 from sota_ablate.report.markdown import Report, render
 from sota_ablate.report.palette import cell_colours
 from sota_ablate.report.sections import build_sections, technique_colours
 from sota_ablate.report.tables import cell_summary, find_reference, summary_markdown
+from sota_ablate.report.verdicts import DEFAULT_BAND
 from sota_ablate.report.writer import FigureWriter
 
 
@@ -48,6 +49,7 @@ def generate_report(
     out_dir: str | Path = "reports",
     data_path: str | Path | None = None,
     log_to_mlflow: bool = True,
+    band: float = DEFAULT_BAND,
 ) -> Path:
     """Write ``<out_dir>/<grid>/README.md`` and its figures from the MLflow runs of a grid.
 
@@ -60,6 +62,8 @@ def generate_report(
         data_path: the dataset folder for the illustrative figures (normalization, mixup); default the grid run's
             recorded ``data.path`` when that folder exists here, else those figures are skipped with a note.
         log_to_mlflow: also log the folder to the grid run as artifacts under ``report/``.
+        band: the practical-equivalence band of the verdicts, in accuracy (0.01 = 1 point): an effect whose
+            interval lies inside ±band is "no effect larger than ±band".
 
     Returns:
         The path of the README.md.
@@ -79,8 +83,9 @@ def generate_report(
     dataset, dataset_note = find_dataset(data_path, recorded)
     names = dict(IMAGENETTE_NAMES)
     glance = overview.glance(data, summaries, reference, colours, writer, tracker.read_artifact_text, names)
-    chapter = build_sections(data, summaries, reference, writer, dataset, dataset_note, names)
-    worth = overview.effects_section(data, writer)
+    opening = overview.verdict_section(data, writer, band)
+    chapter = build_sections(data, summaries, reference, writer, dataset, dataset_note, names, band)
+    worth = overview.effects_section(data, writer, band, names)
     honesty = honesty_notes(data, summaries, reference)
     honesty += [f"**Figure:** {n}" for n in writer.notes]
     if chapter.used_dataset:
@@ -94,6 +99,7 @@ def generate_report(
         glance=glance,
         sections=([worth] if worth is not None else []) + chapter.sections,
         provenance=overview.provenance(data, all_seeds, getattr(tracker, "experiment_name", "sota_ablate")),
+        opening=opening,
     )
     readme = folder / "README.md"
     readme.write_text(render(report), encoding="utf-8")
@@ -102,4 +108,78 @@ def generate_report(
             stale.unlink()
     if log_to_mlflow:
         tracker.log_artifacts(data.parent_id, folder, schema.REPORT_FOLDER)
+    return readme
+
+
+SYNTHESIS_FIGURE = "synthesis_forest.png"
+
+
+def generate_synthesis(
+    tracker: Any, out_dir: str | Path = "reports", band: float = DEFAULT_BAND, all_seeds: bool = False
+) -> Path:
+    """Write ``<out_dir>/README.md``: the verdict table across every grid in the store (the newest run of each),
+    linking each grid's report (``<out_dir>/<grid>/README.md``, written by ``generate_report``), with one forest plot
+    of every effect and the book's marked.
+
+    Args:
+        tracker: a ``sota_ablate.tracking.Tracker``.
+        out_dir: the reports folder.
+        band: the practical-equivalence band (0.01 = 1 point), as ``generate_report``'s.
+        all_seeds: each grid aggregated over its grid runs, as ``generate_report(all_seeds=True)`` (the same
+            numbers as the grids' own reports).
+
+    Returns:
+        The path of the README.md.
+
+    Raises:
+        ReportError: no grid run in the store, or the folder cannot be written.
+    """
+    runs = latest_grid_runs(tracker)
+    if not runs:
+        raise ReportError(
+            f"no grid run in {getattr(tracker, 'uri', 'the store')}: run `python -m sota_ablate run-grid` first"
+        )
+    folder = Path(out_dir)
+    _writable(folder)
+    writer = FigureWriter(folder)
+    grids, lines, points = [], [], []
+    for _, run_id in reversed(runs):  # oldest first: the chapter's own grid usually comes first
+        data = collect_grid(tracker, run_id=run_id, all_seeds=all_seeds)
+        found = effects.technique_effects(data)
+        link = f"{slug(data.grid)}/README.md"
+        grids.append(synthesis.GridEffects(data.grid, link, tuple(found)))
+        mde = verdicts.mde_sentence([e.accuracy for e in found if e.equal_budget], band)
+        lines.append(f"- [`{data.grid}`]({link}) (grid run `{run_id}`, seeds {', '.join(map(str, data.seeds))}): {mde}")
+        points += overview.effect_points(found, prefix=f"{data.grid}: ")
+    out = [
+        "# What each technique of fastbook chapter 7 is worth: every grid",
+        "",
+        f"The verdict across the {len(grids)} grid(s) in `{getattr(tracker, 'uri', '?')}` "
+        f"(experiment `{getattr(tracker, 'experiment_name', '?')}`), each from its newest grid run; every number "
+        "comes from the runs. Each grid's own report has its caveats, tables and figures.",
+        "",
+        overview.TERMS,
+        "",
+        "## Verdict",
+        "",
+        synthesis.verdict_markdown(grids, band),
+        "",
+        *[f"- {n}" for n in synthesis.verdict_notes(band)],
+        "",
+        "## What each grid can detect",
+        "",
+        *lines,
+    ]
+    if points:
+        ref = writer.save(
+            SYNTHESIS_FIGURE,
+            lambda: result_plots.plot_effects(points, "every grid: what each technique is worth", band),
+            "every effect of every grid with its 95% interval, the book's effect marked",
+            f"Every effect with its 95% interval (grid: technique), in the technique's colour; grey band: ±{100 * band:g} "
+            "point; black cross: the book's effect; diamonds: the cells compared trained different numbers of epochs.",
+        )
+        if ref is not None:
+            out += ["", f"![{ref.alt}]({ref.path})", "", f"*{ref.caption}*"]
+    readme = folder / "README.md"
+    readme.write_text("\n".join(out).strip() + "\n", encoding="utf-8")
     return readme

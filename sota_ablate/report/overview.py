@@ -4,17 +4,20 @@ glance, "What each technique is worth", and the provenance."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from sota_ablate import schema
-from sota_ablate.report import effects, result_plots
+from sota_ablate.report import effects, predictions, result_plots, stats, synthesis, verdicts
 from sota_ablate.report.collect import GridData
-from sota_ablate.report.formatting import pipe_table
+from sota_ablate.report.comparison import prediction_array
+from sota_ablate.report.formatting import format_points, pipe_table
 from sota_ablate.report.keys import tag
 from sota_ablate.report.markdown import FigureRef, Section
 from sota_ablate.report.prose import listing
-from sota_ablate.report.published import PUBLISHED_NOTE
-from sota_ablate.report.sections import representative_run
+from sota_ablate.report.published import PUBLISHED_NOTE, published_effect
+from sota_ablate.report.result_plots import EffectPoint
+from sota_ablate.report.sections import representative_run, technique_colours
 from sota_ablate.report.tables import CellSummary, best_cell, judging_metrics
 from sota_ablate.report.writer import FigureWriter
 from sota_ablate.techniques import TECHNIQUES, ordered, technique_names
@@ -26,7 +29,16 @@ GLANCE_FILES = {
     "time": "accuracy_vs_wall_time.png",
     "confusion": "confusion_matrix_best.png",
     "effects": "technique_effects.png",
+    "verdict": "verdict_forest.png",
+    "cost": "cost_vs_effect.png",
 }
+TERMS = (
+    "Terms: a *cell* is one recipe of the grid (a set of techniques and a schedule), trained once per seed; "
+    "*points* are accuracy percentage points (+1.00 pts = +0.01 accuracy); a recipe `5x40px bs128 -> 1+4x64px bs64` "
+    "is 5 epochs at 40 px with batch size 128, then fastai's `fine_tune`: 1 frozen + 4 epochs at 64 px, batch 64; "
+    "intervals are 95% Student-t intervals *paired by seed* (seed k shares initialisation and data order in every "
+    "cell), or *Welch*'s unequal-variance interval when two cells ran different seeds."
+)
 
 
 def overview(data: GridData) -> list[str]:
@@ -56,6 +68,8 @@ def overview(data: GridData) -> list[str]:
         f"- Device: `{p(schema.DEVICE, '?')}`; epoch scale {p(schema.EPOCHS_SCALE, 1)}; "
         f"code `{data.parent.get(tag(schema.GIT_COMMIT), '?')}`.",
         f"- MLflow grid run{'s' if len(parents) > 1 else ''}: {', '.join(f'`{r}`' for r in parents)}.",
+        "",
+        TERMS,
     ]
 
 
@@ -89,16 +103,31 @@ def summary_notes(summaries: Sequence[CellSummary], reference: str | None) -> li
     return notes
 
 
-def _identical_training(data: GridData) -> str:
-    """`` (e.g. `tta` and `baseline`: `tta` only changes inference)``: a pair of cells that train alike, if any."""
-    by_set = {data.technique_set(c): c for c in reversed(data.cells)}
+def distinct_training(data: GridData) -> tuple[list[str], dict[str, str], str]:
+    """(cells to draw, legend label per cell, note): a cell that trains exactly like another (it differs only by
+    techniques that change evaluation, ``trains = False``) is drawn once, under both names."""
+    drawn: list[str] = []
+    labels: dict[str, str] = {}
+    merged = []
+    trained_as: dict[frozenset[str], str] = {}
     for cell in data.cells:
         techniques = data.technique_set(cell)
-        for t in ordered(techniques):
-            if t in TECHNIQUES and not TECHNIQUES.get(t).trains and techniques - {t} in by_set:
-                pair = f"`{cell}` and `{by_set[techniques - {t}]}`"
-                return f" Cells that train identically (e.g. {pair}: `{t}` only changes inference) overlap."
-    return ""
+        training = frozenset(t for t in techniques if t not in TECHNIQUES or TECHNIQUES.get(t).trains)
+        if training in trained_as and data.cell_rows(cell).shape[0]:
+            first = trained_as[training]
+            labels[first] = f"{labels[first]} = {cell}"
+            merged.append(f"`{cell}` trains exactly as `{first}`")
+            continue
+        if data.cell_rows(cell).shape[0]:
+            trained_as[training] = cell
+        drawn.append(cell)
+        labels[cell] = cell
+    note = (
+        f" Cells that train identically are drawn once ({listing(merged)}: they differ only in evaluation)."
+        if merged
+        else ""
+    )
+    return drawn, labels, note
 
 
 def _loss_scale(data: GridData) -> str:
@@ -125,22 +154,23 @@ def glance(
 ) -> list[FigureRef]:
     """The figures "at a glance": curves, final accuracy, accuracy vs time, the best cell's confusion matrix."""
     refs = []
+    drawn, labels, merged = distinct_training(data)
     if any(not h.empty for h in data.histories.values()):
         refs.append(
             writer.save(
                 GLANCE_FILES["accuracy"],
-                lambda: result_plots.plot_accuracy_by_epoch(data, colours),
-                "validation accuracy by epoch, every cell",
-                "Validation accuracy by epoch for every cell (mean over seeds; faint lines: single seeds)."
-                + _identical_training(data),
+                lambda: result_plots.plot_accuracy_by_epoch(data, colours, drawn, labels),
+                "validation accuracy by epoch and by elapsed time, every cell",
+                "Validation accuracy by epoch (left) and against elapsed training + validation time (right): mean "
+                "over seeds, shaded band: the seeds' range." + merged,
             )
         )
         refs.append(
             writer.save(
                 GLANCE_FILES["losses"],
-                lambda: result_plots.plot_losses(data, colours, _loss_scale(data)),
+                lambda: result_plots.plot_losses(data, colours, _loss_scale(data), drawn, labels),
                 "training and validation loss by epoch",
-                "Training (smoothed, as fastai) and validation loss by epoch.",
+                "Training (smoothed, as fastai) and validation loss by epoch (band: the seeds' range)." + merged,
             )
         )
     if any(s.accuracy.n for s in summaries):
@@ -149,7 +179,7 @@ def glance(
                 GLANCE_FILES["final"],
                 lambda: result_plots.plot_final_accuracy(data, summaries, reference, colours),
                 "final accuracy per cell",
-                "Final accuracy per cell: mean ± std over seeds (dots: seeds); dashed: the baseline.",
+                "Final accuracy per cell: mean with its 95% interval (small dots: seeds); dashed: the reference.",
             )
         )
         refs.append(
@@ -190,7 +220,126 @@ EFFECT_INTROS = {
 }
 
 
-def effects_section(data: GridData, writer: FigureWriter) -> Section | None:
+def effect_points(found: Sequence[effects.TechniqueEffect], prefix: str = "") -> list[EffectPoint]:
+    """The forest plot's rows: each effect in its technique's colour, with the book's effect where it has one."""
+    colours = technique_colours()
+    out = []
+    for e in found:
+        if math.isnan(e.accuracy.delta):
+            continue
+        book = published_effect(e.technique)
+        label = f"{prefix}{e.technique}" + ("" if e.metric == "accuracy" else f" ({e.metric})")
+        out.append(
+            EffectPoint(
+                label=label,
+                delta=e.accuracy.delta,
+                low=e.accuracy.ci_low if e.accuracy.has_ci else math.nan,
+                high=e.accuracy.ci_high if e.accuracy.has_ci else math.nan,
+                colour=colours.get(e.technique, "#888888"),
+                time_ratio=e.time_ratio,
+                confounded=not e.equal_budget,
+                book=book.delta if book else math.nan,
+            )
+        )
+    return out
+
+
+def verdict_section(data: GridData, writer: FigureWriter, band: float) -> Section | None:
+    """The report's opening: the verdict table of this grid's techniques, its notes, the forest plot."""
+    found = effects.technique_effects(data)
+    if not found:
+        return None
+    table = synthesis.verdict_markdown([synthesis.GridEffects(data.grid, "", tuple(found))], band)
+    section = Section(title="Verdict", table=table)
+    section.effect += [f"- {n}" for n in synthesis.verdict_notes(band)]
+    section.effect.append(verdicts.mde_sentence([e.accuracy for e in found if e.equal_budget], band))
+    points = effect_points(found)
+    fig = writer.save(
+        GLANCE_FILES["verdict"],
+        lambda: result_plots.plot_effects(points, f"{data.grid}: what each technique is worth", band),
+        "each technique's effect with its 95% interval, the book's effect marked",
+        f"Each technique's effect with its 95% interval, in its colour; grey band: ±{100 * band:g} point; black "
+        "cross: the book's effect; diamonds: the cells compared trained different numbers of epochs.",
+    )
+    if fig is not None:
+        section.figures.append(fig)
+    return section
+
+
+def _classes(changes: Sequence[tuple[str, float]], names: Mapping[str, str], gain: bool, k: int = 2) -> str:
+    picked = [c for c in changes if (c[1] > 0 if gain else c[1] < 0)]
+    picked = picked[:k] if gain else list(reversed(picked))[:k]
+    return ", ".join(f"{names.get(c, c)} {format_points(v)}" for c, v in picked) or "-"
+
+
+def per_image_lines(data: GridData, found: Sequence[effects.TechniqueEffect], names: Mapping[str, str]) -> list[str]:
+    """The per-image view of each effect: a bootstrap over validation images (jointly across seeds, paired between
+    the cells), the probability of improvement over seed pairs, and the classes that gain and lose most."""
+    rows = []
+    for e in found:
+        usable = [c for c in e.comparisons if c.diff is not None]
+        if not usable:
+            continue
+        c = usable[0]
+        with_values = [stats.mean([u.values_with[s] for u in usable]) for s in e.seeds] if e.seeds else []
+        without_values = [stats.mean([u.values_without[s] for u in usable]) for s in e.seeds] if e.seeds else []
+        poi = stats.probability_of_improvement(with_values, without_values)
+        poi_text = "-" if math.isnan(poi.value) else f"{poi.value:.2f}"
+        if poi.has_ci:
+            poi_text += f" [{poi.ci_low:.2f}, {poi.ci_high:.2f}]"
+        image = None
+        if len(usable) == 1:
+            a, b = prediction_array(c.key_with), prediction_array(c.key_without)
+            if a and b:
+                image = predictions.compare_images(
+                    predictions.cell_predictions(data, c.with_cell),
+                    predictions.cell_predictions(data, c.without_cell),
+                    a,
+                    b,
+                )
+        if image is None:
+            boot, gains, losses = "-", "-", "-"
+        else:
+            d = image.difference
+            boot = f"{format_points(d.value)} pts"
+            if d.has_ci and d.ci_low == d.ci_high:
+                boot += " (identical on every image)"
+            elif d.has_ci:
+                boot += f" [{format_points(d.ci_low)}, {format_points(d.ci_high)}]"
+            boot += f" ({len(image.seeds)} seeds × {image.n_images} images)"
+            gains, losses = _classes(image.class_changes, names, True), _classes(image.class_changes, names, False)
+        rows.append([f"`{e.technique}`", e.metric, boot, poi_text, gains, losses])
+    if not rows:
+        return []
+    lines = [
+        "**Per-image view.** The same effects from each run's per-image predictions: a percentile bootstrap over "
+        "validation images (2,000 resamples, seeded; a resampled image keeps its result in every seed and in both "
+        "cells), P(with > without) over every pair of seeds as rliable computes it (ties count 1/2; bootstrap "
+        "interval over seeds), and the classes whose accuracy changes most (points, mean over seeds).",
+        pipe_table(
+            [
+                "technique",
+                "metric",
+                "bootstrap over images [95% CI]",
+                "P(with > without) [95% CI]",
+                "classes that gain most",
+                "classes that lose most",
+            ],
+            rows,
+        ),
+    ]
+    if not data.predictions:
+        lines.append(f"Per-image columns: {predictions.NO_PREDICTIONS}.")
+    elif any(r[2] == "-" for r in rows):
+        lines.append(
+            "`-` in the bootstrap column: a main effect over several pairs, or cells without per-image predictions."
+        )
+    return lines
+
+
+def effects_section(
+    data: GridData, writer: FigureWriter, band: float = verdicts.DEFAULT_BAND, names: Mapping[str, str] | None = None
+) -> Section | None:
     """ "What each technique is worth": the effect of switching each technique on, over matched pairs of cells."""
     found = effects.technique_effects(data)
     if not found:
@@ -202,18 +351,20 @@ def effects_section(data: GridData, writer: FigureWriter) -> Section | None:
             "Each technique against the same recipe without it, from the pairs of cells that differ by that "
             "technique only. " + intro
         ).strip(),
-        table=effects.effects_markdown(found),
+        table=effects.effects_markdown(found, band),
     )
-    section.effect += [f"- {note}" for note in effects.effect_notes(found)]
+    section.effect += [f"- {note}" for note in effects.effect_notes(found, band)]
     pairs = effects.pair_lines(found)
     if pairs:
         section.effect.append("Pairs compared: " + " ".join(pairs))
+    section.effect += per_image_lines(data, found, names or {})
+    points = effect_points(found)
     fig = writer.save(
-        GLANCE_FILES["effects"],
-        lambda: result_plots.plot_effects(found, data.grid),
-        "accuracy effect of each technique with its 95% interval",
-        "Accuracy effect of switching each technique on, with its 95% interval over seeds (diamonds: the pairs "
-        "train a different number of epochs).",
+        GLANCE_FILES["cost"],
+        lambda: result_plots.plot_cost_effect(points, f"{data.grid}: effect against its cost in wall time"),
+        "effect with its interval against the wall-time ratio",
+        "Each technique's effect with its 95% interval against its wall-time ratio (with / without): up and to the "
+        "left is better; diamonds: epochs differ.",
     )
     if fig is not None:
         section.figures.append(fig)

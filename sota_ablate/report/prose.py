@@ -11,8 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sota_ablate.report import stats
-from sota_ablate.report.formatting import format_accuracy, format_duration, format_points
+from sota_ablate.report import stats, verdicts
+from sota_ablate.report.formatting import format_accuracy, format_band, format_duration, format_points, format_ratio
 
 if TYPE_CHECKING:
     from sota_ablate.report.tables import CellSummary
@@ -68,28 +68,45 @@ def _method(diff: stats.Difference) -> str:
 
 
 def effect_sentence(
-    cell: str, reference: str, cell_mean: float, reference_mean: float, diff: stats.Difference | None
+    cell: str,
+    reference: str,
+    cell_mean: float,
+    reference_mean: float,
+    diff: stats.Difference | None,
+    metric: str = "accuracy",
+    band: float = verdicts.DEFAULT_BAND,
+    longer: bool | None = None,
+    reason: str = "",
 ) -> str:
     """``mixup`` reached 0.8630 vs 0.8252 for ``baseline``: +3.78 points, 95% CI [+1.2, +6.4] (paired by seed,
-    n = 3): ..."""
+    n = 3): ... (``metric``: what both numbers are; ``longer``: None for equal epochs, else whether ``cell``
+    trained the longer schedule)."""
+    if reason:
+        return f"No comparison of `{cell}` with `{reference}`: {reason}."
     if diff is None or math.isnan(diff.delta):
         return f"No comparison of `{cell}` with `{reference}`: one of them has no finished run."
+    on = "" if metric == "accuracy" else f" ({metric})"
     head = (
-        f"`{cell}` reached {cell_mean:.4f} vs {reference_mean:.4f} for `{reference}`: "
+        f"`{cell}` reached {cell_mean:.4f} vs {reference_mean:.4f} for `{reference}`{on}: "
         f"**{format_points(diff.delta)} points**"
     )
-    if not diff.has_ci:
+    if not diff.has_ci and not verdicts.is_degenerate(diff):
         return (
             f"{head} (a single seed on at least one side: no confidence interval, so this difference cannot be "
             "told apart from seed-to-seed noise)."
         )
     ci = f"95% CI [{format_points(diff.ci_low)}, {format_points(diff.ci_high)}] ({_method(diff)})"
-    if diff.significant:
-        kind = "gain" if diff.delta > 0 else "loss"
-        verdict = f"the interval excludes zero: a {kind} that seed-to-seed noise alone is unlikely to explain"
-    else:
-        verdict = "the interval includes zero: no detectable effect at this budget and number of seeds"
-    return f"{head}, {ci}; {verdict}."
+    v = verdicts.verdict(diff, band, longer)
+    words = {
+        verdicts.CONFOUNDED: f"{v.text}: the difference is not the technique's alone",
+        verdicts.IDENTICAL: "the same on every seed: no spread, so this says nothing either way",
+        verdicts.HELPS: "the interval excludes zero: a gain that seed-to-seed noise alone is unlikely to explain",
+        verdicts.HURTS: "the interval excludes zero: a loss that seed-to-seed noise alone is unlikely to explain",
+        verdicts.EQUIVALENT: f"the interval lies inside ±{format_band(band)}: no difference larger than that",
+        verdicts.INCONCLUSIVE: f"the interval includes zero and reaches beyond ±{format_band(band)}: inconclusive "
+        "at this number of seeds",
+    }
+    return f"{head}, {ci}; {words.get(v.kind, v.text)}."
 
 
 def _epochs(n: int | None) -> str:
@@ -112,7 +129,7 @@ def time_sentence(cell: CellSummary, reference: CellSummary) -> str:
     ratio = cell.wall_time_s / reference.wall_time_s
     return (
         f"Wall time per run: {format_duration(cell.wall_time_s)} vs {format_duration(reference.wall_time_s)} "
-        f"({ratio:.2f}x); mean epoch {format_duration(cell.epoch_time_s)} vs "
+        f"({format_ratio(ratio)}); mean epoch {format_duration(cell.epoch_time_s)} vs "
         f"{format_duration(reference.epoch_time_s)}."
     )
 
@@ -143,5 +160,5 @@ def evaluation_sentence(
         text += f"; it cost {format_duration(technique_time)} of inference"
         if not math.isnan(valid_time) and valid_time > 0:
             ratio = technique_time / valid_time
-            text += f" vs {format_duration(valid_time)} for one plain validation pass ({ratio:.1f}x)"
+            text += f" vs {format_duration(valid_time)} for one plain validation pass ({format_ratio(ratio)})"
     return text + "."

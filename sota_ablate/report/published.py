@@ -8,6 +8,7 @@ list of this project's techniques): a cell is compared with a published recipe w
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -45,6 +46,19 @@ PUBLISHED_RECIPE_TEXT = {
     "mixup_15ep_128_fp16": "after 15 epochs at 128 px, fp16",
     "label_smoothing_15ep_128_fp16": "after 15 epochs at 128 px, fp16",
     "all_224_fp16": "after 15 epochs at 128 px, then fine_tune 1 + 10 at 224 px, fp16 (no TTA)",
+}
+# technique -> ((source, recipe with it), (source, recipe without it)): the published effect of switching it on, where
+# the two recipes differ by that technique only (the book's TTA was applied to its progressive model)
+PUBLISHED_EFFECTS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "fp16": ((REPLICATION, "baseline_fp16"), (REPLICATION, "baseline_fp32")),
+    "normalize": ((BOOK, "normalize"), (BOOK, "baseline")),
+    "progressive": ((BOOK, "progressive_224"), (BOOK, "baseline")),
+    "tta": ((BOOK, "progressive_tta"), (BOOK, "progressive_224")),
+}
+PUBLISHED_EFFECT_NOTES = {
+    "progressive": "4 + 1 + 5 epochs vs 5: not at equal budget",
+    "tta": "on the progressive model",
+    "fp16": "the replication, not the book",
 }
 # what the published numbers of a technique set need said about them
 PUBLISHED_CAVEATS = {
@@ -140,3 +154,28 @@ def book_lines(techniques: frozenset[str]) -> str:
             BOOK, *PRINTED_TABLES[techniques]
         )
     return text
+
+
+@dataclass(frozen=True)
+class PublishedEffect:
+    """A published effect: with minus without (one run each: no interval), and where it comes from."""
+
+    delta: float
+    with_accuracy: float
+    without_accuracy: float
+    source: str
+    text: str
+
+
+def published_effect(technique: str) -> PublishedEffect | None:
+    """The published effect of switching ``technique`` on (None when no pair of published recipes isolates it)."""
+    pair = PUBLISHED_EFFECTS.get(technique)
+    if pair is None:
+        return None
+    (src_with, with_recipe), (src_without, without_recipe) = pair
+    a, b = published_final(src_with, with_recipe), published_final(src_without, without_recipe)
+    if a is None or b is None:
+        return None
+    label = SOURCE_LABEL.get(src_with, src_with)
+    note = f"; {PUBLISHED_EFFECT_NOTES[technique]}" if technique in PUBLISHED_EFFECT_NOTES else ""
+    return PublishedEffect(a - b, a, b, label, f"{100 * (a - b):+.2f} pts ({label}: {a:.4f} vs {b:.4f}{note})")

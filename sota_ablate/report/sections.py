@@ -10,6 +10,7 @@ technique's own ``ReportSection.build`` adds through a ``TechniqueContext`` (``t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from sota_ablate import schema
 from sota_ablate.grid import load_grid
 from sota_ablate.report import keys
 from sota_ablate.report.collect import GridData
-from sota_ablate.report.markdown import Section
+from sota_ablate.report.markdown import Section, details
 from sota_ablate.report.prose import (
     ABSENT_TITLE,
     BASELINE_INTRO,
@@ -36,6 +37,7 @@ from sota_ablate.report.prose import (
 )
 from sota_ablate.report.published import book_lines
 from sota_ablate.report.tables import CellSummary, epoch_table_markdown, extra_epoch_keys
+from sota_ablate.report.verdicts import DEFAULT_BAND
 from sota_ablate.report.writer import FigureWriter
 from sota_ablate.techniques import TECHNIQUES, ReportSection, ordered, technique_names
 
@@ -166,15 +168,26 @@ def epoch_section(data: GridData, cell: str, section: Section) -> None:
     if hist is not None and not hist.empty:
         extra = [k for k in extra_epoch_keys(row.get(keys.param(schema.EPOCH_METRIC_KEYS))) if k in hist.columns]
         section.table = epoch_table_markdown(hist, stages, extra)
+        section.collapsed = True
     else:
         section.table = "*(no epochs logged)*"
 
 
-def _comparison(summary: CellSummary, ref: CellSummary | None, reference: str | None, timing: bool) -> list[str]:
+def _comparison(
+    summary: CellSummary, ref: CellSummary | None, reference: str | None, timing: bool, band: float = DEFAULT_BAND
+) -> list[str]:
     """The sentences comparing a cell with the reference: effect, budget and (for timing sections) time."""
     if ref is None or summary.cell == reference:
         return [final_sentence(summary.cell, summary.accuracy)]
-    out = [effect_sentence(summary.cell, reference or "", summary.accuracy.mean, ref.accuracy.mean, summary.difference)]
+    longer = None
+    if None not in (summary.epochs, ref.epochs) and summary.epochs != ref.epochs:
+        longer = bool(summary.epochs > ref.epochs)  # type: ignore[operator]
+    d = summary.delta
+    if d is None:
+        out = [effect_sentence(summary.cell, reference or "", math.nan, math.nan, None)]
+    else:
+        out = [effect_sentence(summary.cell, reference or "", d.cell_mean, d.reference_mean, d.diff, d.metric, band,
+                               longer, d.reason)]  # fmt: skip
     out += [s for s in (budget_sentence(summary, ref), time_sentence(summary, ref) if timing else "") if s]
     return out
 
@@ -195,6 +208,7 @@ def build_sections(
     dataset: Path | None,
     dataset_note: str,
     class_names: Mapping[str, str],
+    band: float = DEFAULT_BAND,
 ) -> ChapterSections:
     by_cell = {s.cell: s for s in summaries}
     ref = by_cell.get(reference) if reference else None
@@ -211,7 +225,7 @@ def build_sections(
         intro = step.intro or combined_intro(ordered(data.technique_set(cell)), summary.recipe)
         section = Section(title=step.title, intro=intro, cell=cell)
         epoch_section(data, cell, section)
-        section.effect += _comparison(summary, ref, reference, step.timing)
+        section.effect += _comparison(summary, ref, reference, step.timing, band)
         section.book = book_lines(data.technique_set(cell))
         if step.report is not None and step.report.build is not None:
             ctx = TechniqueContext(data, section, writer, reference, dataset, dataset_note, class_names)
@@ -221,7 +235,7 @@ def build_sections(
         out.sections.append(section)
     others = [c for c in data.cells if c not in taken]
     if others:
-        out.sections.append(_other_cells(data, others, by_cell, ref, reference))
+        out.sections.append(_other_cells(data, others, by_cell, ref, reference, band))
     if absent:
         chapter = chapter_grid_sets()
         in_chapter = [s for s in absent if s.techniques is None or s.techniques in chapter]
@@ -244,7 +258,12 @@ def chapter_grid_sets() -> list[frozenset[str]]:
 
 
 def _other_cells(
-    data: GridData, cells: list[str], by_cell: dict[str, CellSummary], ref: CellSummary | None, reference: str | None
+    data: GridData,
+    cells: list[str],
+    by_cell: dict[str, CellSummary],
+    ref: CellSummary | None,
+    reference: str | None,
+    band: float = DEFAULT_BAND,
 ) -> Section:
     section = Section(title=OTHERS_TITLE, intro=OTHERS_INTRO)
     for cell in cells:
@@ -252,9 +271,10 @@ def _other_cells(
         epoch_section(data, cell, sub)
         summary = by_cell[cell]
         section.effect.append(f"### `{cell}` ({summary.label})")
-        section.effect += [t for t in (sub.table_caption, sub.table) if t]
+        if sub.table:
+            section.effect.append(details(sub.table_caption or f"`{cell}`", sub.table))
         section.effect += [f"> {n}" for n in sub.notes]
-        section.effect += _comparison(summary, ref, reference, timing=False)
+        section.effect += _comparison(summary, ref, reference, timing=False, band=band)
     return section
 
 

@@ -14,9 +14,12 @@ gives the zero-width interval (scipy's is NaN there) and a single seed gives non
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import scipy.stats
 
 CONFIDENCE = 0.95
@@ -43,6 +46,7 @@ class Difference:
         n: pairs (paired), else the smaller of the two sample sizes.
         method: ``"paired"``, ``"welch"`` or ``"none"`` (no interval: too few runs).
         df: degrees of freedom of the t quantile (NaN for ``"none"``).
+        sd: the sample standard deviation of the per-seed differences (paired only; else NaN).
     """
 
     delta: float
@@ -51,6 +55,7 @@ class Difference:
     n: int
     method: str
     df: float
+    sd: float = math.nan
 
     @property
     def has_ci(self) -> bool:
@@ -75,6 +80,12 @@ def std(values: Sequence[float]) -> float:
         return math.nan
     m = mean(values)
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (``numpy.median``); NaN for no values."""
+    values = list(values)
+    return float(np.median(values)) if values else math.nan
 
 
 def t_cdf(t: float, df: float) -> float:
@@ -112,7 +123,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     s = summarize(diffs, confidence)
     if s.n < 2:
         return Difference(s.mean, math.nan, math.nan, s.n, "none", math.nan)
-    return Difference(s.mean, s.ci_low, s.ci_high, s.n, "paired", float(s.n - 1))
+    return Difference(s.mean, s.ci_low, s.ci_high, s.n, "paired", float(s.n - 1), s.std)
 
 
 def welch_difference(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
@@ -146,3 +157,131 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], confidence: float = 
         seeds = sorted(a)
         return paired_difference([a[s] for s in seeds], [b[s] for s in seeds], confidence)
     return welch_difference(list(a.values()), list(b.values()), confidence)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Power, probability of improvement, bootstrap
+
+POWER = 0.80
+
+
+def minimum_detectable_effect(sd: float, n: int, power: float = POWER, confidence: float = CONFIDENCE) -> float:
+    """The smallest true paired effect a two-sided paired t test at ``1 - confidence`` detects with probability
+    ``power``, for ``n`` pairs whose differences have standard deviation ``sd``:
+    ``(t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * sd / sqrt(n)`` (the usual normal-approximation
+    formula with Student-t quantiles); NaN for fewer than two pairs or an unknown ``sd``."""
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    df = n - 1
+    return (t_quantile(0.5 + confidence / 2, df) + t_quantile(power, df)) * sd / math.sqrt(n)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic with a bootstrap confidence interval (``ci_low``/``ci_high`` NaN when it cannot be computed)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    @property
+    def has_ci(self) -> bool:
+        return not (math.isnan(self.ci_low) or math.isnan(self.ci_high))
+
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def _bootstrap_interval(
+    samples: tuple[Any, ...], statistic: Callable[..., Any], paired: bool, confidence: float, seed: int
+) -> tuple[float, float]:
+    """``scipy.stats.bootstrap``'s percentile interval with a seeded generator (NaN, NaN when degenerate)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples: scipy warns and returns NaN, which we report
+        result = scipy.stats.bootstrap(
+            samples,
+            statistic,
+            paired=paired,
+            vectorized=True,
+            n_resamples=BOOTSTRAP_RESAMPLES,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def probability_of_improvement(
+    a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE, seed: int = BOOTSTRAP_SEED
+) -> Estimate:
+    """P(A > B) as rliable computes it: over every pair (seed of A, seed of B), the fraction where A's value beats
+    B's, ties counting 1/2 (the Mann-Whitney U statistic over ``len(a) * len(b)``), with a percentile bootstrap
+    interval resampling the seeds of each side independently (seeded)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not len(a) or not len(b):
+        return Estimate(math.nan, math.nan, math.nan, 0)
+
+    def statistic(x: Any, y: Any, axis: int = -1) -> Any:
+        return scipy.stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic / (
+            x.shape[axis] * y.shape[axis]
+        )
+
+    value = float(statistic(a, b))
+    n = min(len(a), len(b))
+    if n < 2:
+        return Estimate(value, math.nan, math.nan, n)
+    low, high = _bootstrap_interval((a, b), statistic, paired=False, confidence=confidence, seed=seed)
+    return Estimate(value, low, high, n)
+
+
+def bootstrap_mean(
+    per_seed: Sequence[Sequence[float]], confidence: float = CONFIDENCE, seed: int = BOOTSTRAP_SEED
+) -> Estimate:
+    """The mean of per-image values over every seed and image, with a percentile bootstrap interval that resamples
+    **validation images jointly across seeds** (``scipy.stats.bootstrap(..., paired=True)``: a resampled image keeps
+    its value in every seed). ``per_seed``: one equally long array per seed, image ``i`` the same image in each
+    (for a comparison, the per-image difference of the two cells, so the pairing between cells is kept too)."""
+    arrays = tuple(np.asarray(v, dtype=float) for v in per_seed)
+    if not arrays or not len(arrays[0]):
+        return Estimate(math.nan, math.nan, math.nan, 0)
+
+    stacked = np.stack(arrays)
+    value = float(stacked.mean())
+    if len(arrays[0]) < 2:
+        return Estimate(value, math.nan, math.nan, len(arrays[0]))
+    low, high = _bootstrap_interval(arrays, _mean_over_seeds, paired=True, confidence=confidence, seed=seed)
+    return Estimate(value, low, high, len(arrays[0]))
+
+
+def _mean_over_seeds(*xs: Any, axis: int = -1) -> Any:
+    """The statistic of ``bootstrap_mean``: the mean over seeds (the samples) and images (``axis``)."""
+    return np.mean([np.mean(x, axis=axis) for x in xs], axis=0)
+
+
+def bootstrap_statistic(
+    per_seed: Sequence[Sequence[Any]],
+    statistic: Callable[[Sequence[Any]], float],
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> Estimate:
+    """Any per-image statistic (e.g. a calibration error difference) with the images-jointly-across-seeds
+    percentile bootstrap of ``bootstrap_mean``: ``statistic`` gets the resampled image indices' rows of every
+    seed's array (``per_seed[s][indices]``) and returns a number; the estimate is ``statistic`` on all images."""
+    arrays = [np.asarray(v) for v in per_seed]
+    if not arrays or not len(arrays[0]):
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    n = len(arrays[0])
+    value = float(statistic(arrays))
+    if n < 2:
+        return Estimate(value, math.nan, math.nan, n)
+
+    def resampled(index: Any, axis: int = -1) -> Any:
+        index = np.asarray(index, dtype=int)
+        if index.ndim == 1:
+            return statistic([x[index] for x in arrays])
+        return np.array([statistic([x[row] for x in arrays]) for row in index])
+
+    low, high = _bootstrap_interval((np.arange(n),), resampled, paired=False, confidence=confidence, seed=seed)
+    return Estimate(value, low, high, n)

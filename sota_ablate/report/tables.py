@@ -20,7 +20,8 @@ from sota_ablate import schema
 from sota_ablate.progress import format_time
 from sota_ablate.report import keys, stats
 from sota_ablate.report.collect import GridData
-from sota_ablate.report.formatting import format_accuracy, format_difference, format_duration, pipe_table
+from sota_ablate.report.comparison import CellDelta, cell_budget, cell_delta, total_epochs
+from sota_ablate.report.formatting import format_accuracy, format_count, format_difference, format_duration, pipe_table
 from sota_ablate.report.published import published_text
 from sota_ablate.techniques import get_technique, label, technique_names
 
@@ -47,12 +48,6 @@ def stage_recipe(stages: Any, fallback: tuple[Any, Any, Any] | None = None) -> s
         else:
             groups.append(([int(st.get("epochs", 0))], size, bs))
     return " -> ".join(f"{'+'.join(map(str, e))}x{size}px bs{bs}" for e, size, bs in groups)
-
-
-def total_epochs(stages: Any, fallback: int | None = None) -> int | None:
-    if isinstance(stages, list) and stages:
-        return sum(int(st.get("epochs", 0)) for st in stages)
-    return fallback
 
 
 def stage_per_epoch(stages: Any) -> list[tuple[str, int]]:
@@ -96,6 +91,9 @@ class CellSummary:
     accuracy: stats.Summary
     judged: dict[str, stats.Summary]
     difference: stats.Difference | None
+    delta: CellDelta | None
+    steps: int | None
+    images: int | None
     epoch_time_s: float
     wall_time_s: float
     images_per_s: float
@@ -155,9 +153,8 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
         techniques = data.technique_set(cell)
         acc = data.values(cell, keys.FINAL_ACCURACY)
         status, complete = status_text(data, cell)
-        diff = None
-        if baseline and cell != baseline and acc and base_acc:
-            diff = stats.compare(acc, base_acc)
+        delta = cell_delta(data, cell, baseline) if baseline and cell != baseline and acc and base_acc else None
+        budget = cell_budget(data, cell)
         stages = data.first(cell, keys.param(schema.STAGES))
         fallback = (
             data.first(cell, keys.param(schema.train_param("epochs"))),
@@ -176,7 +173,10 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
                 complete=complete,
                 accuracy=stats.summarize(list(acc.values())),
                 judged={key: stats.summarize(list(data.values(cell, keys.metric(key)).values())) for _, key in judging},
-                difference=diff,
+                difference=delta.diff if delta else None,
+                delta=delta,
+                steps=budget.steps,
+                images=budget.images,
                 epoch_time_s=_mean_of(data.values(cell, keys.metric(schema.MEAN_EPOCH_TIME))),
                 wall_time_s=_mean_of(data.values(cell, keys.WALL_TIME)),
                 images_per_s=_mean_of(data.values(cell, keys.metric(schema.MEAN_IMAGES_PER_S))),
@@ -200,6 +200,8 @@ def summary_header(reference: str | None) -> list[str]:
         "cell",
         "techniques",
         "recipe (epochs x size, bs)",
+        "optimizer steps",
+        "images seen",
         "accuracy (mean ± std, n)",
         *[key for _, key in judging_metrics()],
         f"Δ vs {f'`{reference}`' if reference else 'baseline'} [95% CI]",
@@ -222,7 +224,7 @@ def summary_rows(summaries: Sequence[CellSummary], baseline: str | None) -> list
         name, acc = f"`{s.cell}`", format_accuracy(s.accuracy)
         if s.cell == best:
             name, acc = f"**{name}**", f"**{acc}**"
-        diff = "(reference)" if s.cell == baseline else format_difference(s.difference)
+        diff = "(reference)" if s.cell == baseline else delta_text(s.delta)
         status = s.status if s.complete else f"⚠ {s.status}"
         judged = [format_accuracy(s.judged[k]) if k in s.judged and s.judged[k].n else "-" for k in judging]
         rows.append(
@@ -230,6 +232,8 @@ def summary_rows(summaries: Sequence[CellSummary], baseline: str | None) -> list
                 name,
                 s.label,
                 s.recipe,
+                format_count(s.steps),
+                format_count(s.images),
                 acc,
                 *judged,
                 diff,
@@ -245,9 +249,20 @@ def summary_rows(summaries: Sequence[CellSummary], baseline: str | None) -> list
     return rows
 
 
+def delta_text(delta: CellDelta | None) -> str:
+    """The summary's Δ: the difference with its interval, the metric when it is not the plain accuracy, or why the
+    cell is not compared."""
+    if delta is None:
+        return "-"
+    if delta.diff is None:
+        return "not compared (trains identically)" if delta.reason else "-"
+    text = format_difference(delta.diff)
+    return text if delta.metric == "accuracy" else f"{text} ({delta.metric})"
+
+
 def summary_markdown(summaries: Sequence[CellSummary], baseline: str | None) -> str:
     header = summary_header(baseline)
-    align = "llll" + "l" * (len(header) - 12) + "rrrrllll"
+    align = "lllrrl" + "l" * (len(header) - 14) + "rrrrllll"
     return pipe_table(header, summary_rows(summaries, baseline), align=align)
 
 
