@@ -102,6 +102,14 @@ class Drill:
                 raise TimeoutError(f"{text!r} not in {log} after {timeout} s")
             time.sleep(0.2)
 
+    def interrupted(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Start the grid, stop it with ``sig`` once cell ``b`` finished its first epoch; its exit status."""
+        p = self.start("first.log")
+        self.wait_for("first.log", "[2/3] b")
+        self.wait_for("first.log", "\n0 ")
+        p.send_signal(sig)
+        return p.wait(timeout=60)
+
     def runs(self, backend: str | None = None):  # type: ignore[no-untyped-def]
         mlflow.set_tracking_uri(backend or self.uri)
         return mlflow.search_runs(experiment_names=["sota_ablate"])
@@ -150,11 +158,7 @@ def fault_sigterm(root: Path) -> Outcome:
 
 def fault_sigkill(root: Path) -> Outcome:
     d = Drill(root)
-    p = d.start("first.log")
-    d.wait_for("first.log", "[2/3] b")
-    d.wait_for("first.log", "\n0 ")
-    p.kill()
-    p.wait()
+    d.interrupted(signal.SIGKILL)
     start = time.monotonic()
     again = d.run()
     ok, seen = d.exactly_once()
@@ -179,11 +183,7 @@ def fault_concurrent(root: Path) -> Outcome:
 
 def fault_replaced_data(root: Path) -> Outcome:
     d = Drill(root)
-    p = d.start("first.log")
-    d.wait_for("first.log", "[2/3] b")
-    d.wait_for("first.log", "\n0 ")
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=60)
+    d.interrupted()
     for f in sorted((d.images / "train").rglob("*.JPEG")):  # same names, same count, other pixels
         stat = f.stat()
         with Image.open(f) as im:
@@ -278,11 +278,7 @@ def fault_outage(root: Path) -> Outcome:
 
 def fault_damaged_checkpoint(root: Path) -> Outcome:
     d = Drill(root)
-    p = d.start("first.log")
-    d.wait_for("first.log", "[2/3] b")
-    d.wait_for("first.log", "\n0 ")
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=60)
+    d.interrupted()
     for f in d.checkpoints.glob("*.pt"):
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     again = d.run()

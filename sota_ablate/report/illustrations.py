@@ -266,18 +266,20 @@ def mixup_figure(example: MixupExample, names: Mapping[str, str]) -> Any:
         ax.imshow(np.clip(img, 0, 1))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    target = example.target
-    labels = [names.get(c, c) for c in example.classes]
-    colours = ["#d62728" if v > 0 else "#cccccc" for v in target]
-    axes[3].bar(range(len(target)), target, color=colours)
-    for i, v in enumerate(target):
-        if v > 0:
-            axes[3].text(i, v + 0.02, f"{v:g}", ha="center", fontsize=8)
-    axes[3].set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-    axes[3].set_ylim(0, 1.1)
-    axes[3].set_title("mixed target", fontsize=9)
+    target_bars(axes[3], example.target, [names.get(c, c) for c in example.classes], "#d62728", "mixed target")
     fig.tight_layout()
     return fig
+
+
+def target_bars(ax: Any, target: Sequence[float], labels: Sequence[str], colour: str, title: str) -> None:
+    """A mixed target vector as bars: the classes with weight in ``colour``, their weights written above."""
+    ax.bar(range(len(target)), target, color=[colour if v > 0 else "#cccccc" for v in target])
+    for i, v in enumerate(target):
+        if v > 0:
+            ax.text(i, v + 0.02, f"{v:.2g}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.1)
+    ax.set_title(title, fontsize=9)
 
 
 # ---------------------------------------------------------------------------------------------------------------

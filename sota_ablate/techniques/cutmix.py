@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import torch
 
 from sota_ablate.config import ConfigError
+from sota_ablate.report.illustrations import target_bars
 from sota_ablate.techniques.base import TECHNIQUES, Priority, ReportSection, SectionContext, Technique
 from sota_ablate.train.state import TrainState
 
@@ -204,16 +205,8 @@ def cutmix_figure(example: CutMixExample, names: Mapping[str, str]) -> Any:
     axes[2].add_patch(
         Rectangle((box.x1 - 0.5, box.y1 - 0.5), box.x2 - box.x1, box.y2 - box.y1, fill=False, ec="white", lw=1.5)
     )
-    target = example.target
     labels = [names.get(c, c) for c in example.classes]
-    colours = [COLOUR if v > 0 else "#cccccc" for v in target]
-    axes[3].bar(range(len(target)), target, color=colours)
-    for i, v in enumerate(target):
-        if v > 0:
-            axes[3].text(i, v + 0.02, f"{v:.2f}", ha="center", fontsize=8)
-    axes[3].set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-    axes[3].set_ylim(0, 1.1)
-    axes[3].set_title("mixed target: the share of each image's pixels", fontsize=9)
+    target_bars(axes[3], example.target, labels, COLOUR, "mixed target: the share of each image's pixels")
     fig.tight_layout()
     return fig
 
