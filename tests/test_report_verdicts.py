@@ -219,7 +219,7 @@ def test_reading_predictions_and_their_absence(tmp_path):
 
 def test_per_image_comparison_and_calibration_degrade_without_predictions():
     data = _grid({"baseline": ("none", [0.5, 0.5, 0.5]), "label_smoothing": ("label_smoothing", [0.6, 0.6, 0.6])})
-    assert predictions.cell_predictions(data, "baseline") == {}
+    assert data.cell_predictions("baseline") == {}
     assert predictions.compare_images({}, {}, "plain", "plain") is None
     assert predictions.compare_calibration({}, {}) is None
     a = {s: predictions.parse_predictions(_npz([0, 1, 1, 0], [[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]]))

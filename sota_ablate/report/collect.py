@@ -182,6 +182,15 @@ class GridData:
         steps = {n for n, t in entries.items() if t.report is not None and t.report.chapter_step is not None}
         return everything if len(everything) > 1 and steps <= everything else None
 
+    def cell_predictions(self, cell: str) -> dict[int, Predictions]:
+        """seed -> per-image predictions of the cell's complete runs that have them."""
+        out = {}
+        for _, row in self.cell_rows(cell).iterrows():
+            pred = self.predictions.get(row["run_id"])
+            if pred is not None:
+                out[int(row["seed"])] = pred
+        return out
+
     def history(self, run_id: str | None) -> pd.DataFrame | None:
         return self.histories.get(run_id) if run_id else None
 

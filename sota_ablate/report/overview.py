@@ -292,8 +292,8 @@ def per_image_lines(data: GridData, found: Sequence[effects.TechniqueEffect], na
             a, b = prediction_array(c.key_with), prediction_array(c.key_without)
             if a and b:
                 image = predictions.compare_images(
-                    predictions.cell_predictions(data, c.with_cell),
-                    predictions.cell_predictions(data, c.without_cell),
+                    data.cell_predictions(c.with_cell),
+                    data.cell_predictions(c.without_cell),
                     a,
                     b,
                 )

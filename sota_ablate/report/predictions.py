@@ -4,7 +4,7 @@ calibration error, reliability diagrams).
 
 Runs older than the artifact have none: every function here returns None (or an empty result) for them, and the
 report says "no per-image predictions in these runs". This module knows no technique: the array a metric is read
-from (``plain``, or a technique's own, e.g. ``tta``) comes in as an argument; ``GridData`` is a type hint only.
+from (``plain``, or a technique's own, e.g. ``tta``) comes in as an argument.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.stats
 
 from sota_ablate import schema
 from sota_ablate.report import stats
-
-if TYPE_CHECKING:
-    from sota_ablate.report.collect import GridData
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +77,6 @@ def read_predictions(tracker: Any, run_id: str) -> Predictions | None:
         except Exception as err:  # no artifact (older run) or unreadable: the report degrades, it does not fail
             log.debug("no predictions for run %s: %s", run_id, err)
             return None
-
-
-def cell_predictions(data: GridData, cell: str) -> dict[int, Predictions]:
-    """seed -> predictions of the cell's complete runs that have them."""
-    out = {}
-    for _, row in data.cell_rows(cell).iterrows():
-        pred = data.predictions.get(row["run_id"])
-        if pred is not None:
-            out[int(row["seed"])] = pred
-    return out
 
 
 def _shared(a: Mapping[int, Predictions], b: Mapping[int, Predictions], wa: str, wb: str) -> list[int]:

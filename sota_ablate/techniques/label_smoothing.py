@@ -53,8 +53,8 @@ def calibration_section(ctx: SectionContext) -> None:
     diagram of both cells."""
     if ctx.reference is None:
         return
-    with_cell = predictions.cell_predictions(ctx.data, ctx.cell)
-    without = predictions.cell_predictions(ctx.data, ctx.reference)
+    with_cell = ctx.data.cell_predictions(ctx.cell)
+    without = ctx.data.cell_predictions(ctx.reference)
     result = predictions.compare_calibration(with_cell, without)
     if result is None:
         ctx.note(f"Calibration not measured: {predictions.NO_PREDICTIONS}.")
