@@ -234,3 +234,19 @@ def test_per_image_comparison_and_calibration_degrade_without_predictions():
     assert cal is not None and cal.ece_with.value == pytest.approx(
         predictions.expected_calibration_error(a[0].probabilities["plain"], a[0].labels)
     )
+
+
+def test_budget_sentence_says_what_differs_at_equal_epochs():
+    from types import SimpleNamespace
+
+    from sota_ablate.report.prose import budget_sentence
+
+    ref = SimpleNamespace(cell="baseline", recipe="10x64px bs64", epochs=10, steps=150, images=9600)
+    prog = SimpleNamespace(
+        cell="progressive", recipe="5x40px bs128 -> 1+4x64px bs64", epochs=10, steps=115, images=8320
+    )
+    text = budget_sentence(prog, ref)
+    assert "Budgets differ" not in text and "Same number of epochs (10)" in text
+    assert "115 vs 150 optimizer steps" in text and "8,320 vs 9,600 training images" in text
+    longer = SimpleNamespace(cell="mixup", recipe="15x64px bs64", epochs=15, steps=225, images=14400)
+    assert budget_sentence(longer, ref).startswith("Budgets differ: `mixup` trained 15x64px bs64 (15 epochs)")

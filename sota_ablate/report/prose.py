@@ -117,6 +117,17 @@ def budget_sentence(cell: CellSummary, reference: CellSummary) -> str:
     """Empty when the recipes match, else a warning naming both recipes."""
     if cell.recipe == reference.recipe or cell.recipe == "-" or reference.recipe == "-":
         return ""
+    if cell.epochs is not None and cell.epochs == reference.epochs:
+        counts = []
+        if cell.steps is not None and reference.steps is not None and cell.steps != reference.steps:
+            counts.append(f"{cell.steps:,} vs {reference.steps:,} optimizer steps")
+        if cell.images is not None and reference.images is not None and cell.images != reference.images:
+            counts.append(f"{cell.images:,} vs {reference.images:,} training images seen")
+        detail = f" ({'; '.join(counts)})" if counts else ""
+        return (
+            f"Same number of epochs ({cell.epochs}), another schedule: `{cell.cell}` trained {cell.recipe} against "
+            f"{reference.recipe} for `{reference.cell}`{detail}; the difference includes the schedule's."
+        )
     return (
         f"Budgets differ: `{cell.cell}` trained {cell.recipe} ({_epochs(cell.epochs)}) against {reference.recipe} "
         f"({_epochs(reference.epochs)}) for `{reference.cell}`, so the difference is not the technique's alone."
