@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -38,6 +39,10 @@ class TrackingError(RuntimeError):
 # How long one MLflow HTTP call may keep trying before a grid gives up (``cli.main`` sets these defaults; the
 # environment overrides them): 4 retries with exponential backoff (2, 4, 8, 16 s) and 20 s per attempt, about two
 # minutes in all for a server that is down, instead of MLflow's own 4 minutes (refused) to 20 minutes (hung).
+# Free space a local store and its artifact folder need before a grid starts: each cell run writes ~1 MB (figures,
+# predictions, the epoch table), a sqlite store grows by ~100 kB per run; this leaves room for a few hundred.
+MIN_FREE_BYTES = 256 * 2**20
+
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
@@ -310,6 +315,16 @@ class Tracker:
                 f"the artifact location {mask_uri(location)} of experiment {self.experiment_name!r} is not "
                 f"writable ({err.strerror or err}): make it writable, or use another --experiment or --tracking-uri."
             ) from None
+        for where, path in (("artifact location", folder), ("MLflow store", local_store_folder(self.uri))):
+            if path is None:
+                continue
+            free = shutil.disk_usage(path).free
+            if free < MIN_FREE_BYTES:
+                raise TrackingError(
+                    f"only {free / 2**20:.0f} MiB free for the {where} in {path} ({mask_uri(self.uri)}): a grid "
+                    f"needs at least {MIN_FREE_BYTES / 2**20:.0f} MiB there (runs, figures, predictions). Free some "
+                    "space, or pass --tracking-uri sqlite:///<a folder with room>/mlflow.db."
+                )
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:

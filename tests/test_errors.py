@@ -194,6 +194,18 @@ def test_unreachable_server_fails_fast_before_any_data(tmp_path: Path, capsys: p
     assert "s3cr3t" not in err and "no_data_either" not in err  # masked; checked before the data
 
 
+def test_a_full_disk_under_the_store_is_refused_before_training(store: Path, tmp_path: Path, monkeypatch, capsys):
+    from collections import namedtuple
+
+    from sota_ablate import tracking
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(tracking.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 2**20, 5 * 2**20))
+    err = _error(_run_grid(tmp_path, data=str(tmp_path / "data_not_reached")), capsys)
+    assert "only 5 MiB free for the artifact location" in err and "needs at least 256 MiB" in err
+    assert "data_not_reached" not in err  # refused before the data is looked at
+
+
 def test_unusable_local_store_checkpoint_and_artifact_folders(store: Path, tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")
