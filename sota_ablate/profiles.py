@@ -46,7 +46,7 @@ PROFILES: dict[str, Profile] = {
         name="quick",
         description=(
             "2-core CPU scale: xresnet18 at 64 px (progressive from 40 px), 100 train + 50 valid images per "
-            "class, presize 131 px, the chapter's epochs and batch sizes"
+            "class, presize 131 px, the chapter's batch sizes (the grid sets the epochs)"
         ),
         train={"model": "xresnet18", "size": 64, "batch_size": 64},
         techniques={"progressive": {"initial_size": 40, "initial_batch_size": 128}},

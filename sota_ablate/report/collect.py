@@ -174,7 +174,7 @@ class GridData:
         return frozenset().union(*(self.technique_set(c) for c in self.cells))
 
     def full_recipe(self) -> frozenset[str] | None:
-        """The chapter's closing recipe, all techniques combined: every technique of the grid, when those include
+        """All techniques combined: every technique of the grid, when those include
         every step of the chapter (each registered technique whose report section has a ``chapter_step``); None
         for grids that do not cover the chapter (a factorial over three techniques)."""
         everything = self.techniques_used()

@@ -37,9 +37,13 @@ def listing(items: Sequence[str]) -> str:
 
 
 def combined_intro(techniques: Sequence[str], recipe: str) -> str:
-    """The intro of all techniques combined (the chapter's closing recipe), from the cell's techniques and recipe."""
+    """The intro of all techniques combined, from the cell's techniques and recipe."""
     listed = listing([f"`{t}`" for t in techniques])
-    return f"Every technique of this grid at once, as in the chapter's closing recipe: {listed}; trained {recipe}."
+    return (
+        f"Every technique of this grid at once: {listed}; trained {recipe}. The chapter describes each technique but "
+        "never trains them all together, so the book has no number for this recipe (a published one is a "
+        "replication's)."
+    )
 
 
 def absent_intro(titles: Sequence[str], in_chapter_grid: Sequence[str]) -> str:
