@@ -12,7 +12,7 @@ from sota_ablate.report import effects, predictions, result_plots, stats, synthe
 from sota_ablate.report.collect import GridData
 from sota_ablate.report.comparison import prediction_array
 from sota_ablate.report.formatting import format_points, pipe_table
-from sota_ablate.report.keys import tag
+from sota_ablate.report.keys import param, tag
 from sota_ablate.report.markdown import FigureRef, Section
 from sota_ablate.report.prose import listing
 from sota_ablate.report.published import PUBLISHED_NOTE, published_effect
@@ -58,7 +58,7 @@ def overview(data: GridData) -> list[str]:
     return [
         f"What each technique of fastbook chapter 7 is worth, measured: grid `{data.grid}` "
         f"(`{p(schema.GRID_FILE, '?')}`{': ' + data.description if data.description else ''}), "
-        f"profile `{p(schema.PROFILE, '?')}` ({p(schema.PROFILE_DESCRIPTION, '')}).",
+        f"profile `{p(schema.PROFILE, '?')}` ({_scale(data)}).",
         "",
         f"- Seeds: {seeds}; cells: {len(data.cells)}; status: {status}.",
         f"- Data: {d('n_train')} training / {d('n_valid')} validation images, "
@@ -71,6 +71,18 @@ def overview(data: GridData) -> list[str]:
         "",
         TERMS,
     ]
+
+
+def _scale(data: GridData) -> str:
+    """What the profile made of the cells, from their params: model(s), final image size(s), batch size(s)."""
+
+    def values(field: str) -> str:
+        found = sorted(
+            {str(v) for v in data.runs.get(param(schema.train_param(field)), []) if v == v and v is not None}
+        )
+        return "/".join(found) or "?"
+
+    return f"{values('model')} at {values('size')} px, batch size {values('batch_size')}"
 
 
 def _evaluation_only() -> list[str]:
