@@ -142,7 +142,12 @@ def _train(
     except Exception as err:
         if is_store_error(err):  # logging cannot record its own failure: stop the grid, the rerun repairs it
             raise outage(err, run.tracker.uri) from None
-        return _failed(plan, run, err, opts.device, time.perf_counter() - start, out)
+        try:
+            return _failed(plan, run, err, opts.device, time.perf_counter() - start, out)
+        except Exception as store_err:
+            if is_store_error(store_err):  # the store went away while recording the failure
+                raise outage(store_err, run.tracker.uri) from None
+            raise
 
 
 def _failed(plan: CellPlan, run: Run, err: Exception, device: Any, wall: float, out: Any) -> CellOutcome:
