@@ -21,7 +21,6 @@ from sota_ablate.config import ConfigError
 from sota_ablate.techniques.base import TECHNIQUES, Priority, ReportSection, Technique
 from sota_ablate.train.state import TrainState
 
-
 log = logging.getLogger(__name__)
 
 
