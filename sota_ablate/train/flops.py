@@ -7,8 +7,8 @@ The optimizer's update and the validation passes are not counted (a few per cent
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,35 +17,24 @@ from torch.utils.flop_counter import FlopCounterMode
 from sota_ablate.data import steps_per_epoch
 from sota_ablate.train.state import Stage
 
+# (architecture, batch size, size, channels_last) -> FLOPs: counted once per shape and process. The key holds no
+# model, so a cached count keeps no model alive.
+_COUNTS: dict[tuple[Any, ...], int] = {}
+
 
 def step_flops(model: nn.Module, batch_size: int, size: int, channels_last: bool = False) -> int:
     """FLOPs of one forward + backward pass of ``model`` on a ``[batch_size, 3, size, size]`` batch."""
-    return _step_flops(_Key(model), batch_size, size, channels_last)
-
-
-class _Key:
-    """A model as a cache key: its class, its parameter shapes and buffers (same architecture, same count)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.key = (type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Key) and other.key == self.key
-
-
-@functools.lru_cache(maxsize=64)
-def _step_flops(key: _Key, batch_size: int, size: int, channels_last: bool) -> int:
-    meta = copy.deepcopy(key.model).to("meta").train()
-    x = torch.zeros(batch_size, 3, size, size, device="meta")
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with FlopCounterMode(display=False) as counter:
-        meta(x).float().sum().backward()
-    return int(counter.get_total_flops())
+    architecture = (type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+    key = (architecture, batch_size, size, channels_last)
+    if key not in _COUNTS:
+        meta = copy.deepcopy(model).to("meta").train()
+        x = torch.zeros(batch_size, 3, size, size, device="meta")
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with FlopCounterMode(display=False) as counter:
+            meta(x).float().sum().backward()
+        _COUNTS[key] = int(counter.get_total_flops())
+    return _COUNTS[key]
 
 
 def training_compute(
