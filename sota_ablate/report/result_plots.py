@@ -380,9 +380,12 @@ def plot_reliability(curves: Sequence[tuple[str, Any, str]], title: str) -> Any:
     fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(6, 6.2), height_ratios=(3, 1), sharex=True)
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
     width = 1.0 / max(1, len(curves[0][1].counts)) if curves else 0.05
+    styles = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."))  # curves that coincide stay visible
     for k, (label, r, colour) in enumerate(curves):
         filled = r.counts > 0
-        ax.plot(r.confidence[filled], r.accuracy[filled], "o-", color=colour, ms=4, label=label)
+        marker, line = styles[k % len(styles)]
+        ax.plot(r.confidence[filled], r.accuracy[filled], marker=marker, ls=line, color=colour, ms=4 + 2 * k,
+                mfc="none" if k else colour, lw=1.5, label=label)  # fmt: skip
         centres = (r.edges[:-1] + r.edges[1:]) / 2
         ax_n.bar(centres + (k - (len(curves) - 1) / 2) * width / len(curves), r.counts, width / len(curves),
                  color=colour, alpha=0.8)  # fmt: skip
