@@ -90,9 +90,11 @@ def test_label_noise_sweep_sentences():
     assert sweep_section.lead(found, mixup).startswith("`mixup`: not reached up to `label_noise` = 50")
     assert "no reliable trend" in sweep_section.trend_sentence(found, mixup)
     assert sweep_section.book_lines(found) == []  # the chapter's statements are about epochs
+    line = sweep_section.synthesis_line(found)  # the grid's line in reports/README.md
+    assert line.startswith("sweep over `label_noise` against `baseline`: `label_smoothing` is reliably above")
 
 
-def _log_budget_grid(uri: str) -> None:
+def _log_budget_grid(uri: str) -> str:
     """A budget grid in the sqlite store: baseline, mixup and label_smoothing at 5, 10 and 20 epochs, 3 seeds.
     Mixup is worse at 5 and pays off from 10 on; label smoothing never separates from the noise."""
     client = mlflow.MlflowClient(uri)
@@ -126,13 +128,14 @@ def _log_budget_grid(uri: str) -> None:
                 client.log_batch(rid, metrics=[Metric(k, v, 0, b - 1) for k, v in metrics.items()],
                                  params=[Param(k, v) for k, v in params.items()])  # fmt: skip
                 client.set_terminated(rid)
+    return parent.info.run_id
 
 
 def test_budget_report_end_to_end(tmp_path: Path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    _log_budget_grid(uri)
+    parent = _log_budget_grid(uri)
     out = tmp_path / "reports"
-    assert main(["report", "--tracking-uri", uri, "--out", str(out), "--no-log"]) == 0
+    assert main(["report", "--tracking-uri", uri, "--run-id", parent, "--out", str(out), "--no-log"]) == 0
     readme = (out / "budget" / "README.md").read_text(encoding="utf-8")
     assert "## Budget sweep: accuracy against the training budget" in readme
     assert "`mixup` pays off from 10 epochs on: +" in readme
@@ -145,5 +148,3 @@ def test_budget_report_end_to_end(tmp_path: Path):
     assert "Budgets differ between compared cells" not in readme
     for name in sweep_section.FIGURES.values():
         assert (out / "budget" / name).stat().st_size > 10_000
-    synthesis = (out / "README.md").read_text(encoding="utf-8")
-    assert "sweep over `epochs` against `baseline`: `mixup` pays off from 10 epochs on" in synthesis

@@ -76,15 +76,16 @@ def generate_report(
     _writable(folder)
     writer = FigureWriter(folder)
     found_sweep = sweep.sweep_of(data)
-    reference = find_reference(data)
-    summaries = cell_summary(data, reference)
+    if found_sweep is not None:  # each cell against the reference arm at its own value; no cross-value pairs
+        summaries, reference = sweep_section.summaries(data, found_sweep), sweep_section.reference_label(found_sweep)
+    else:
+        reference = find_reference(data)
+        summaries = cell_summary(data, reference)
     colours = cell_colours(data, technique_colours())
     prefix = param("")
     recorded = {k[len(prefix) :]: v for k, v in data.parent.items() if str(k).startswith(prefix)}
     dataset, dataset_note = find_dataset(data_path, recorded)
     names = dict(IMAGENETTE_NAMES)
-    if found_sweep is not None:  # each cell against the reference arm at its own value; no cross-value pairs
-        summaries, reference = sweep_section.summaries(data, found_sweep), sweep_section.reference_label(found_sweep)
     glance = overview.glance(data, summaries, reference, colours, writer, tracker.read_artifact_text, names)
     if found_sweep is not None:
         opening = sweep_section.section(found_sweep, sweep_section.arm_colours(found_sweep, colours), writer, band)
