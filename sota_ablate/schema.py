@@ -40,6 +40,12 @@ PROFILE = "profile"
 GIT_COMMIT = "git_commit"
 DEVICE = "device"
 PARENT = "mlflow.parentRunId"  # MLflow's own
+# sweep grids (``generate = "sweep"`` / ``"budget"``), on every cell run; the grid run carries the key, reference, unit
+SWEEP_KEY = "sweep_key"  # the swept recipe key ("epochs" for a budget grid, "label_noise", ...)
+SWEEP_VALUE = "sweep_value"  # the cell's value of it, as a string ("20")
+SWEEP_ARM = "sweep_arm"  # the cell's arm: "mixup", or the reference ("baseline")
+SWEEP_REFERENCE = "sweep_reference"  # the arm every other is compared with
+BUDGET_UNIT = "budget_unit"  # budget grids only: "epochs" or "flops"
 RUN_NAME = "mlflow.runName"  # MLflow's own
 
 

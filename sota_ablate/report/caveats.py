@@ -36,8 +36,11 @@ def _recorded(data: GridData, key: str) -> set[str]:
     return values
 
 
-def honesty_notes(data: GridData, summaries: Sequence[CellSummary], baseline: str | None) -> list[str]:
-    """The caveats that apply to this grid, each one sentence or two."""
+def honesty_notes(
+    data: GridData, summaries: Sequence[CellSummary], baseline: str | None, compare_budgets: bool = True
+) -> list[str]:
+    """The caveats that apply to this grid, each one sentence or two (``compare_budgets=False``: no note on budgets
+    that differ from the reference's, for a sweep grid, whose section says what it held equal at each value)."""
     notes: list[str] = []
     by_cell = {s.cell: s for s in summaries}
     incomplete = [s for s in summaries if not s.complete]
@@ -45,7 +48,7 @@ def honesty_notes(data: GridData, summaries: Sequence[CellSummary], baseline: st
         listed = ", ".join(f"`{s.cell}` ({s.status})" for s in incomplete)
         notes.append(f"**Partial grid.** Not every cell finished: {listed}. Their rows show what exists.")
     ref = by_cell.get(baseline) if baseline else None
-    if ref is not None:
+    if compare_budgets and ref is not None:
         differ = [
             s for s in summaries if s.cell != baseline and None not in (s.epochs, ref.epochs) and s.epochs != ref.epochs
         ]
@@ -56,7 +59,7 @@ def honesty_notes(data: GridData, summaries: Sequence[CellSummary], baseline: st
                 f"{listed}. A difference to the reference then mixes the technique with a longer or shorter "
                 "schedule (the chapter does the same; `ablations/fair.toml` gives every cell the same budget)."
             )
-    elif baseline is None:
+    elif compare_budgets and baseline is None:
         notes.append(
             "**No reference cell** (neither a cell without techniques nor one with all of them) in this grid: no "
             "differences to a reference are computed."

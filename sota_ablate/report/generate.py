@@ -13,7 +13,7 @@ from typing import Any
 
 from sota_ablate import schema
 from sota_ablate.data.names import IMAGENETTE_NAMES
-from sota_ablate.report import effects, overview, result_plots, synthesis, verdicts
+from sota_ablate.report import effects, overview, result_plots, sweep, sweep_section, synthesis, verdicts
 from sota_ablate.report.caveats import honesty_notes
 from sota_ablate.report.collect import ReportError, collect_grid, latest_grid_runs
 from sota_ablate.report.illustrations import find_dataset
@@ -75,21 +75,30 @@ def generate_report(
     folder = Path(out_dir) / slug(data.grid)
     _writable(folder)
     writer = FigureWriter(folder)
-    reference = find_reference(data)
-    summaries = cell_summary(data, reference)
+    found_sweep = sweep.sweep_of(data)
+    if found_sweep is not None:  # each cell against the reference arm at its own value; no cross-value pairs
+        summaries, reference = sweep_section.summaries(data, found_sweep), sweep_section.reference_label(found_sweep)
+    else:
+        reference = find_reference(data)
+        summaries = cell_summary(data, reference)
     colours = cell_colours(data, technique_colours())
     prefix = param("")
     recorded = {k[len(prefix) :]: v for k, v in data.parent.items() if str(k).startswith(prefix)}
     dataset, dataset_note = find_dataset(data_path, recorded)
     names = dict(IMAGENETTE_NAMES)
     glance = overview.glance(data, summaries, reference, colours, writer, tracker.read_artifact_text, names)
-    opening = overview.verdict_section(data, writer, band)
-    chapter = build_sections(data, summaries, reference, writer, dataset, dataset_note, names, band)
-    worth = overview.effects_section(data, writer, band, names)
-    honesty = honesty_notes(data, summaries, reference)
+    if found_sweep is not None:
+        opening = sweep_section.section(found_sweep, sweep_section.arm_colours(found_sweep, colours), writer, band)
+        body, used_dataset = [], []
+    else:
+        opening = overview.verdict_section(data, writer, band)
+        chapter = build_sections(data, summaries, reference, writer, dataset, dataset_note, names, band)
+        worth = overview.effects_section(data, writer, band, names)
+        body, used_dataset = ([worth] if worth is not None else []) + chapter.sections, chapter.used_dataset
+    honesty = honesty_notes(data, summaries, reference, compare_budgets=found_sweep is None)
     honesty += [f"**Figure:** {n}" for n in writer.notes]
-    if chapter.used_dataset:
-        honesty.append(f"**Illustrative figures** ({', '.join(chapter.used_dataset)}) use {dataset_note}.")
+    if used_dataset:
+        honesty.append(f"**Illustrative figures** ({', '.join(used_dataset)}) use {dataset_note}.")
     report = Report(
         title=f"{data.grid}: fastbook chapter 7, technique by technique",
         overview=overview.overview(data),
@@ -97,7 +106,7 @@ def generate_report(
         summary_notes=overview.summary_notes(summaries, reference),
         honesty=honesty,
         glance=glance,
-        sections=([worth] if worth is not None else []) + chapter.sections,
+        sections=body,
         provenance=overview.provenance(data, all_seeds, getattr(tracker, "experiment_name", "sota_ablate")),
         opening=opening,
     )
@@ -145,8 +154,14 @@ def generate_synthesis(
     grids, lines, points = [], [], []
     for _, run_id in reversed(runs):  # oldest first: the chapter's own grid usually comes first
         data = collect_grid(tracker, run_id=run_id, all_seeds=all_seeds)
-        found = effects.technique_effects(data)
         link = f"{slug(data.grid)}/README.md"
+        found_sweep = sweep.sweep_of(data)
+        if found_sweep is not None:  # a sweep's arms are compared value by value: its own lines, not the table
+            lines.append(
+                f"- [`{data.grid}`]({link}) (grid run `{run_id}`): {sweep_section.synthesis_line(found_sweep)}"
+            )
+            continue
+        found = effects.technique_effects(data)
         grids.append(synthesis.GridEffects(data.grid, link, tuple(found)))
         mde = verdicts.mde_sentence([e.accuracy for e in found if e.equal_budget], band)
         lines.append(f"- [`{data.grid}`]({link}) (grid run `{run_id}`, seeds {', '.join(map(str, data.seeds))}): {mde}")
