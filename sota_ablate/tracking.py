@@ -371,19 +371,21 @@ class Tracker:
         if cause is None:
             return None
         need = min_free_bytes()
-        filename = getattr(cause, "filename", None)
         store = local_store_folder(self.uri)
+        filename = getattr(cause, "filename", None)
+        named = Path(filename).parent if isinstance(filename, str) and filename else None
         if "database or disk is full" in str(cause).lower() and store is not None:
-            folders = [store]  # sqlite's own words: the database's disk
-        else:
-            folders = [Path(filename).parent] if isinstance(filename, str) and filename else []
-            folders += [f for f in (self._artifact_folder, store) if f is not None]
+            named = store  # sqlite's own words: the database's disk
+        folders = [named] if named is not None else [f for f in (self._artifact_folder, store) if f is not None]
         free = {f: _free_bytes(f) for f in folders}
-        known = {f: b for f, b in free.items() if b is not None}
+        known = {f: b for f, b in free.items() if b is not None and (b < need or f == named)}
         first = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
-        if not known:  # a tracking server's disk: its folders are not ours to measure
+        if not known and local_store_folder(self.uri) is None and self._artifact_folder is None:
             where = f"the disk of the tracking server {mask_uri(self.uri)} is full ({mask_uri(first)})"
-            fix = "free space on the server"
+            fix = "free space on the server"  # its folders are not ours to measure
+        elif not known:  # none of our folders is short of space: e.g. /dev/shm, named in the message itself
+            where = f"a disk is full ({type(cause).__name__}: {mask_uri(first)})"
+            fix = "free space there"
         else:
             folder = min(known, key=lambda f: known[f])  # the fullest of the candidates is the one that filled up
             where = (

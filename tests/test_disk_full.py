@@ -60,6 +60,8 @@ def test_disk_full_cause_is_found_in_any_wrapping() -> None:
     assert "run the same command again" in str(full)
     assert tracker.disk_full(OSError(errno.EACCES, "Permission denied")) is None
     assert tracker.disk_full(ValueError("loss is nan")) is None
+    shm = RuntimeError("unable to write to file </torch_1_2>: No space left on device")
+    assert str(tracker.disk_full(shm)).startswith("a disk is full (RuntimeError: unable to write")  # not ours
     sqlite = RuntimeError("(sqlite3.OperationalError) database or disk is full")
     assert "the disk of /nonexistent-folder is full" in str(tracker.disk_full(sqlite))  # the database's folder
 
@@ -76,13 +78,13 @@ def test_artifact_disk_full_mid_cell_stops_and_the_rerun_finishes(
 
     def full(self: object, local_file: str, artifact_path: str | None = None) -> None:
         if Path(local_file).name == schema.CONFIG_ARTIFACT:  # the first artifact of a finished cell
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(errno.ENOSPC, "No space left on device", str(store / "mlartifacts" / "config.json"))
         real(self, local_file, artifact_path)  # type: ignore[arg-type]
 
     monkeypatch.setattr(LocalArtifactRepository, "log_artifact", full)
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: the disk of {store}") and "is full" in err and "MiB free" in err, err
+    assert err.startswith(f"error: the disk of {store}/mlartifacts is full") and "is full" in err and "MiB free" in err, err
     assert "to continue, run:" in err and "Traceback" not in err, err
     before = _runs(store)
     assert sorted(before.values()) == ["KILLED", "KILLED"], before  # the cell and the grid run: resumable
