@@ -295,6 +295,47 @@ def fault_empty_cells(root: Path) -> Outcome:
                    out.returncode == 2 and not created)  # fmt: skip
 
 
+def fault_full_store_disk(root: Path) -> Outcome:
+    with tmpfs(root / "store", "24m") as mounted:
+        if not mounted:
+            return Outcome("store disk fills mid-grid", "error: naming the folder", "skipped (needs root)", None)
+        d = Drill(root, uri=f"sqlite:///{root}/store/mlflow.db")
+        env = {"SOTA_ABLATE_MIN_FREE_MB": "4"}
+        p = d.start("first.log", env=env)
+        d.wait_for("first.log", "[2/3] b")
+        fill = root / "store" / "fill"
+        with fill.open("wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 2**20)
+                f.flush()
+        full_at = time.monotonic()
+        rc = p.wait(timeout=300)
+        took = time.monotonic() - full_at
+        text = (root / "first.log").read_text()
+        named = f"error: the disk of {root}/store is full" in text and "Traceback" not in text
+        fill.unlink()
+        again = d.run(env=env)
+        ok, seen = d.exactly_once()
+        return Outcome("sqlite store's disk fills up mid-grid (24 MiB tmpfs), then freed",
+                       "error: naming the folder and the space needed, within seconds; the rerun finishes",
+                       f"exit {rc} {took:.0f} s after the disk filled{', folder named' if named else ''}; "
+                       f"rerun {again.returncode}; {seen}", rc == 2 and named and took < 60 and again.returncode == 0
+                       and ok)  # fmt: skip
+
+
+def fault_bad_options(root: Path) -> Outcome:
+    d = Drill(root)
+    bad = [("--seeds", "0,0"), ("--epochs-scale", "nan"), ("--cells", "a,a"), ("--set", "lr"), ("--device", "gpu"),
+           ("--tracking-uri", "sqlite://x.db")]  # fmt: skip
+    outs = [d.run(option, value) for option, value in bad]
+    good = [o.returncode == 2 and o.stderr.startswith(f"error: {opt}") for o, (opt, _) in zip(outs, bad, strict=True)]
+    created = (root / "mlflow.db").exists()
+    return Outcome("bad option values (repeated seeds and cells, nan, KEY without =, unknown device, sqlite://)",
+                   "error: naming the option and the fix, nothing created",
+                   f"{sum(good)}/{len(bad)} refused with error: --option; store {'created' if created else 'untouched'}",
+                   all(good) and not created)  # fmt: skip
+
+
 FAULTS: dict[str, Callable[[Path], Outcome]] = {
     "sigterm": fault_sigterm,
     "sigkill": fault_sigkill,
@@ -306,6 +347,8 @@ FAULTS: dict[str, Callable[[Path], Outcome]] = {
     "outage": fault_outage,
     "damaged_checkpoint": fault_damaged_checkpoint,
     "empty_cells": fault_empty_cells,
+    "full_store_disk": fault_full_store_disk,
+    "bad_options": fault_bad_options,
 }
 
 

@@ -8,6 +8,7 @@ SIGTERM end the run KILLED, keep its checkpoint and propagate.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import traceback
@@ -25,7 +26,7 @@ from sota_ablate.models import count_parameters
 from sota_ablate.plan import CellPlan, RunOptions
 from sota_ablate.progress import ConsoleProgress, format_time
 from sota_ablate.resume import checkpoint_file, reopen, restorer, resumable_checkpoint
-from sota_ablate.tracking import Run, Tracker, is_store_error, mask_uri, outage
+from sota_ablate.tracking import DiskFullError, Run, Tracker, mask_uri
 from sota_ablate.train.checkpoint import CheckpointWriter, delete_checkpoint, records_of
 from sota_ablate.train.loop import fit
 from sota_ablate.train.record import LoopObserver, Observers
@@ -140,14 +141,29 @@ def _train(
                   file=out)  # fmt: skip
         raise
     except Exception as err:
-        if is_store_error(err):  # logging cannot record its own failure: stop the grid, the rerun repairs it
-            raise outage(err, run.tracker.uri) from None
+        stop = run.tracker.stopped(err)  # a full disk or a store outage is not the cell's failure: stop the grid
+        if stop is not None:
+            _stopped(run, stop, err)
+            raise stop from None
         try:
             return _failed(plan, run, err, opts.device, time.perf_counter() - start, out)
         except Exception as store_err:
-            if is_store_error(store_err):  # the store went away while recording the failure
-                raise outage(store_err, run.tracker.uri) from None
+            stop = run.tracker.stopped(store_err)  # the store went away (or its disk filled) recording the failure
+            if stop is not None:
+                _stopped(run, stop, store_err)
+                raise stop from None
             raise
+
+
+def _stopped(run: Run, stop: Exception, err: Exception) -> None:
+    """After a full disk, end the run KILLED (resumable) when the store still takes that write (a full artifact
+    disk, sqlite fails at once); after an outage, try nothing: it would wait through the retries again. A run left
+    RUNNING is ended by the rerun (its owner is gone) and continued from its checkpoint."""
+    if not isinstance(stop, DiskFullError):
+        return
+    with contextlib.suppress(Exception):
+        run.set_tags({schema.FAILURE: str(stop)[:5000], schema.FAILURE_TYPE: type(err).__name__})
+        run.end("KILLED")
 
 
 def _failed(plan: CellPlan, run: Run, err: Exception, device: Any, wall: float, out: Any) -> CellOutcome:

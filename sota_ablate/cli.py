@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
+import re
 import shlex
 import sys
-import tomllib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+from sota_ablate import validate
 
 DEFAULT_GRID = "chapter"  # a built-in grid (sota_ablate/grids/chapter.toml)
 DEFAULT_EXPERIMENT = "sota_ablate"
@@ -24,35 +25,15 @@ class CliError(Exception):
     """A usage error printed as one paragraph (no traceback unless --debug)."""
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: a bad option value is one ``error:`` paragraph (``main`` returns 2),
+    not a usage dump. Subcommand parsers are of this class too (``add_subparsers`` uses the parent's)."""
 
-
-def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"--set {item!r}: use KEY=VALUE, e.g. --set lr=1e-3 or --set augment.max_rotate=0")
-        out[key.strip()] = _parse_value(value.strip())
-    return out
-
-
-def _parse_seeds(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise CliError(f"--seeds {text!r}: use comma-separated integers, e.g. --seeds 0,1,2") from None
-    if not seeds:
-        raise CliError("--seeds is empty: use e.g. --seeds 0,1,2")
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise CliError(f"--seeds {text!r}: use distinct integers >= 0, e.g. --seeds 0,1,2")
-    return seeds
+    def error(self, message: str) -> NoReturn:
+        # argparse writes "argument --seeds: --seeds '0,0' repeats ..." for a validator's message: name it once.
+        message = re.sub(r"^argument (\S+): \1 ", r"\1 ", message)
+        message = re.sub(r"^argument (\S+): ", r"\1: ", message)
+        raise CliError(f"{message} ({self.prog} --help lists the options)")
 
 
 def _tracking_parent() -> argparse.ArgumentParser:
@@ -60,6 +41,7 @@ def _tracking_parent() -> argparse.ArgumentParser:
     p.add_argument(
         "--tracking-uri",
         default=None,
+        type=validate.tracking_uri("--tracking-uri"),
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
     )
     return p
@@ -67,7 +49,12 @@ def _tracking_parent() -> argparse.ArgumentParser:
 
 def _experiment_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    p.add_argument(
+        "--experiment",
+        default=DEFAULT_EXPERIMENT,
+        type=validate.text("--experiment", "my-ablation"),
+        help="MLflow experiment name",
+    )
     return p
 
 
@@ -82,6 +69,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--grid",
         default=DEFAULT_GRID,
+        type=validate.path("--grid", "chapter"),
         help=f"a built-in grid's name (list-grids shows them) or a grid TOML file (default: {DEFAULT_GRID})",
     )
     g.add_argument(
@@ -91,16 +79,22 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="scale: chapter (GPU, the book's settings), quick (2-core CPU, <15 min), smoke (tests); "
         "default: chapter with CUDA, quick otherwise",
     )
-    g.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the grid's)")
+    g.add_argument(
+        "--seeds",
+        default=None,
+        type=validate.seed_list("--seeds"),
+        help="comma-separated seeds, e.g. 0,1,2 (default: the grid's)",
+    )
     g.add_argument(
         "--epochs-scale",
-        type=float,
+        type=validate.number("--epochs-scale", 0, 100, lo_open=True, example="0.5"),
         default=1.0,
         help="multiply every epoch count (rounded, at least 1); e.g. 0.5 for a faster look",
     )
     g.add_argument(
         "--set",
-        action="append",
+        action=validate.UniqueSettings,
+        type=validate.setting("--set"),
         default=[],
         metavar="KEY=VALUE",
         help="override a recipe setting for every cell, e.g. --set lr=1e-3 (repeatable)",
@@ -110,6 +104,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--data",
         default=None,
         metavar="PATH",
+        type=validate.path("--data", "~/data/imagenette2"),
         help="a folder with train/<class>/* and val/<class>/* (default: download Imagenette)",
     )
     d.add_argument(
@@ -118,16 +113,31 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="Imagenette archive to download (default: the profile's)",
     )
-    d.add_argument("--data-root", default=None, help="where Imagenette is downloaded (default ~/.cache/sota_ablate)")
+    d.add_argument(
+        "--data-root",
+        default=None,
+        type=validate.path("--data-root", "~/datasets"),
+        help="where Imagenette is downloaded (default ~/.cache/sota_ablate)",
+    )
     d.add_argument(
         "--split",
         choices=["official", "chapter"],
         default="official",
         help="official train/val folders (default) or the chapter's seeded random 20%% of both",
     )
-    d.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/sota_ablate/cache)")
+    d.add_argument(
+        "--cache-dir",
+        default=None,
+        type=validate.path("--cache-dir", "/scratch/cache"),
+        help="decoded-image cache (default ~/.cache/sota_ablate/cache)",
+    )
     t = p.add_argument_group("tracking and hardware")
-    t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    t.add_argument(
+        "--device",
+        default="auto",
+        type=validate.device("--device"),
+        help="auto (cuda if available), cpu, cuda, cuda:1, ...",
+    )
     t.add_argument("--log-model", action="store_true", help="also log each cell's model weights")
     r = t.add_mutually_exclusive_group()
     r.add_argument(
@@ -144,6 +154,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--checkpoint-dir",
         default=None,
+        type=validate.path("--checkpoint-dir", "/scratch/checkpoints"),
         metavar="DIR",
         help="epoch checkpoints of unfinished cells (default: checkpoints/ next to a sqlite store, else ./checkpoints)",
     )
@@ -151,7 +162,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m sota_ablate",
         description="Ablation suite for fastbook chapter 7: every technique measured, tracked in MLflow.",
     )
@@ -166,10 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
         "when the same command is rerun.",
     )
     _add_run_options(p)
-    p.add_argument("--cells", default=None, help="only these cells, comma-separated (e.g. baseline,mixup)")
+    p.add_argument(
+        "--cells",
+        default=None,
+        type=validate.name_list("--cells", "baseline,mixup"),
+        help="only these cells, comma-separated (e.g. baseline,mixup)",
+    )
     _add_executor_options(p)
     p = sub.add_parser("run", parents=store, help="train one cell of a grid", description="Train one cell of a grid.")
-    p.add_argument("--cell", required=True, help="the cell's name in the grid file, e.g. baseline")
+    p.add_argument(
+        "--cell",
+        required=True,
+        type=validate.name("--cell", "baseline"),
+        help="the cell's name in the grid file, e.g. baseline",
+    )
     _add_run_options(p)
     sub.add_parser(
         "list-grids",
@@ -190,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the MLflow UI (mlflow server) on 127.0.0.1 for the store run-grid uses, print its URL, "
         "and stop it on Ctrl-C. For an http(s):// store (a tracking server) print its address instead.",
     )
-    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0: any free port)")
+    p.add_argument(
+        "--port",
+        type=validate.number("--port", 0, 65535, integer=True, example="5000"),
+        default=5000,
+        help="port on 127.0.0.1 (default 5000; 0: any free port)",
+    )
     return parser
 
 
@@ -206,19 +232,28 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ray-address",
         default=None,
+        type=validate.address("--ray-address", "ray://head:10001"),
         metavar="ADDRESS",
         help="with --executor ray: auto (the cluster this node joined with `ray start`) or ray://host:port; "
         "default: $RAY_ADDRESS, else the cluster `ray start` runs here, else a new local Ray instance",
     )
-    g.add_argument("--cpus-per-cell", type=float, default=None, help="CPUs Ray reserves per cell (default 1)")
+    g.add_argument(
+        "--cpus-per-cell",
+        type=validate.number("--cpus-per-cell", 0, lo_open=True, example="2"),
+        default=None,
+        help="CPUs Ray reserves per cell (default 1)",
+    )
     g.add_argument(
         "--gpus-per-cell",
-        type=float,
+        type=validate.number("--gpus-per-cell", 0, example="0.5"),
         default=None,
         help="GPUs Ray reserves per cell (default: 1 if the cluster has GPUs, else 0)",
     )
     g.add_argument(
-        "--max-retries", type=int, default=2, help="reruns of a cell whose Ray worker process died (default 2)"
+        "--max-retries",
+        type=validate.number("--max-retries", 0, 100, integer=True, example="2"),
+        default=2,
+        help="reruns of a cell whose Ray worker process died (default 2)",
     )
 
 
@@ -234,12 +269,13 @@ def _add_report_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--run-id",
         default=None,
+        type=validate.run_id("--run-id"),
         help="the grid (parent) run to report on (default: the newest run of every grid in the store, and "
         "<out>/README.md, the verdict across them)",
     )
     p.add_argument(
         "--band",
-        type=float,
+        type=validate.number("--band", 0, 100, lo_open=True, example="1"),
         default=1.0,
         metavar="POINTS",
         help="practical-equivalence band in accuracy points: an effect whose interval lies inside +-POINTS is "
@@ -250,11 +286,17 @@ def _add_report_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None
         action="store_true",
         help="aggregate every grid run of the same grid, profile and epoch scale (seeds from several run-grid calls)",
     )
-    p.add_argument("--out", default="reports", help="reports folder; the report goes to <out>/<grid>/")
+    p.add_argument(
+        "--out",
+        default="reports",
+        type=validate.path("--out", "reports"),
+        help="reports folder; the report goes to <out>/<grid>/",
+    )
     p.add_argument(
         "--data",
         default=None,
         metavar="PATH",
+        type=validate.path("--data", "~/data/imagenette2"),
         help="dataset folder (train/<class>/*) for the normalization and mixup figures "
         "(default: the grid run's recorded folder, if it exists here)",
     )
@@ -335,12 +377,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"profile: {name}")
     profile = get_profile(name)
     grid = load_grid(args.grid)
-    cells = [args.cell] if args.command == "run" else (args.cells.split(",") if args.cells is not None else None)
+    cells = [args.cell] if args.command == "run" else args.cells  # validate.name / validate.name_list
     if cells is not None:
-        names = [c.strip() for c in cells if c.strip()]
-        if not names:
-            raise CliError(f"--cells {args.cells!r} names no cell; use e.g. --cells baseline,mixup")
-        grid = grid.select(names)
+        grid = grid.select(cells)
     data_kw: dict[str, Any] = dict(profile.data)
     if args.data:
         data_kw.update(source="folder", path=args.data)
@@ -355,8 +394,6 @@ def _run(args: argparse.Namespace) -> int:
         data_kw["cache_dir"] = args.cache_dir
     data_cfg = DataConfig(**data_kw)
     data_cfg.validate()
-    if not (args.epochs_scale > 0 and math.isfinite(args.epochs_scale)):
-        raise CliError(f"--epochs-scale {args.epochs_scale}: use a positive number")
     opts = RunOptions(
         profile=profile,
         data=data_cfg,
@@ -366,11 +403,11 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         checkpoint_dir=args.checkpoint_dir,
         progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),
-        overrides=_parse_sets(args.set),
+        overrides=dict(args.set),  # validate.setting, validate.UniqueSettings
     )
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
     try:
-        outcome = run_grid(grid, opts, tracker, seeds=_parse_seeds(args.seeds), executor=executor)
+        outcome = run_grid(grid, opts, tracker, seeds=args.seeds, executor=executor)
     finally:
         if executor is not None:
             executor.close()
@@ -401,8 +438,6 @@ def _ui(args: argparse.Namespace) -> int:
     from sota_ablate.server import serve_ui
     from sota_ablate.tracking import resolve_tracking_uri
 
-    if not 0 <= args.port <= 65535:
-        raise CliError(f"--port {args.port}: use 1-65535, or 0 for any free port")
     return serve_ui(resolve_tracking_uri(args.tracking_uri), port=args.port)
 
 
@@ -411,8 +446,6 @@ def _report(args: argparse.Namespace) -> int:
     from sota_ablate.report.generate import generate_report, generate_synthesis
     from sota_ablate.tracking import Tracker, mask_uri, resolve_tracking_uri
 
-    if not (args.band > 0 and math.isfinite(args.band)):
-        raise CliError(f"--band {args.band}: use a positive number of accuracy points, e.g. --band 1")
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
     print(f"MLflow store: {mask_uri(tracker.uri)}  experiment: {tracker.experiment_name}")
     band = args.band / 100
@@ -440,12 +473,18 @@ def resume_command(argv: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except CliError as err:  # a bad option value (Parser.error): before anything is imported or created
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     debug = getattr(args, "debug", False)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # It logs every failed sqlite write with its whole traceback at ERROR; the error it raises is reported.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from sota_ablate.tracking import HTTP_RETRY_DEFAULTS
 
@@ -469,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sota_ablate.grid import GridError
     from sota_ablate.registry import UnknownNameError
     from sota_ablate.report.collect import ReportError
-    from sota_ablate.tracking import TrackingError, mask_uri
+    from sota_ablate.tracking import DiskFullError, TrackingError, mask_uri
     from sota_ablate.train.checkpoint import CheckpointError
 
     # Ctrl-C and SIGTERM end a grid as KILLED (resumable), never in the middle of a tracking-store write.
@@ -492,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {mask_uri(str(err))}", file=sys.stderr)
-        if isinstance(err, TrackingError) and "stopped answering" in str(err) and args.command in ("run-grid", "run"):
+        stopped = isinstance(err, DiskFullError) or (isinstance(err, TrackingError) and "stopped answering" in str(err))
+        if stopped and args.command in ("run-grid", "run"):
             print("to continue, run:\n  " + resume_command(sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +38,12 @@ from typing import Any
 
 from sota_ablate.config import ConfigError
 from sota_ablate.techniques import check_compatible, technique_names
+from sota_ablate.validate import SAFE_NAME
 
 GENERATORS = ("one_at_a_time", "all", "leave_one_out", "factorial")
 TOP_LEVEL_KEYS = ("name", "description", "seeds", "generate", "techniques", "defaults", "cells", "overrides")
 CELL_KEYS = ("name", "techniques", "description")
-# Grid and cell names end up in file and folder names (reports/<grid>/, run names): no separators, no "..".
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+# SAFE_NAME (validate.py): grid and cell names end up in file and folder names, so no separators, no "..".
 
 
 class GridError(ValueError):

@@ -26,14 +26,13 @@ from sota_ablate.plan import CellPlan, RunOptions, grid_identity, make_plans
 from sota_ablate.progress import format_time
 from sota_ablate.resume import cell_runs, find_grid_run
 from sota_ablate.tracking import (
+    DiskFullError,
     Run,
     Tracker,
     TrackingError,
     default_checkpoint_dir,
     git_commit,
-    is_store_error,
     mask_uri,
-    outage,
 )
 from sota_ablate.train.checkpoint import ensure_writable
 
@@ -56,7 +55,26 @@ def run_grid(
     seeds: Sequence[int] | None = None,
     executor: Executor | None = None,
 ) -> GridOutcome:
-    """Train every cell x seed of ``grid`` under one grid run; returns the outcomes in grid order."""
+    """Train every cell x seed of ``grid`` under one grid run; returns the outcomes in grid order.
+
+    Raises:
+        TrackingError: the store stopped answering, or a disk filled up (``DiskFullError``): the grid stopped in a
+            state the same call continues.
+    """
+    try:
+        return _run_grid(grid, opts, tracker, seeds, executor)
+    except TrackingError:
+        raise
+    except Exception as err:  # e.g. a full disk while the grid run itself is written
+        stop = tracker.stopped(err)
+        if stop is None:
+            raise
+        raise stop from None
+
+
+def _run_grid(
+    grid: Grid, opts: RunOptions, tracker: Tracker, seeds: Sequence[int] | None, executor: Executor | None
+) -> GridOutcome:
     executor = executor or LocalExecutor()
     out = opts.out or sys.stdout
     seeds = list(seeds or grid.seeds)
@@ -189,11 +207,19 @@ def _run_tasks(executor: Executor, tasks: list[CellTask], job: GridJob, parent: 
               f"cell's last finished epoch in {job.opts.checkpoint_dir}; the same command continues from there.",
               file=out)  # fmt: skip
         raise
+    except DiskFullError:
+        with contextlib.suppress(Exception):  # resumable; a sqlite store on the full disk refuses at once
+            parent.end("KILLED")
+        raise
     except TrackingError:
         raise  # the store is gone: trying to mark the grid run would only wait through the retries again
     except Exception as err:
-        if is_store_error(err):
-            raise outage(err, job.tracker.uri) from None
+        stop = job.tracker.stopped(err)
+        if isinstance(stop, DiskFullError):
+            with contextlib.suppress(Exception):
+                parent.end("KILLED")
+        if stop is not None:
+            raise stop from None
         with contextlib.suppress(Exception):
             parent.set_tags({schema.FAILURE: mask_uri(f"{type(err).__name__}: {err}")[:5000]})
             parent.end("FAILED")

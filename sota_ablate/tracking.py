@@ -9,6 +9,7 @@ shows the runs; ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` override it.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
@@ -36,12 +37,21 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI (password masked) and the fix."""
 
 
+class DiskFullError(TrackingError):
+    """A disk filled up mid-grid (the store's, its artifacts', a temporary file's): the grid stops, the rerun of the
+    same command continues it once there is room."""
+
+
 # How long one MLflow HTTP call may keep trying before a grid gives up (``cli.main`` sets these defaults; the
 # environment overrides them): 4 retries with exponential backoff (2, 4, 8, 16 s) and 20 s per attempt, about two
 # minutes in all for a server that is down, instead of MLflow's own 4 minutes (refused) to 20 minutes (hung).
 # Free space a local store and its artifact folder need before a grid starts: each cell run writes ~1 MB (figures,
 # predictions, the epoch table), a sqlite store grows by ~100 kB per run; this leaves room for a few hundred.
+# ``SOTA_ABLATE_MIN_FREE_MB`` overrides it (a small disk, the disk-full tests).
 MIN_FREE_BYTES = 256 * 2**20
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How a full disk reads in a message that lost its errno (sqlite, torch's serialiser, a tracking server's reply).
+DISK_FULL_TEXT = ("database or disk is full", "no space left on device", "disk quota exceeded")
 
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
@@ -64,6 +74,32 @@ def outage(err: BaseException, uri: str) -> TrackingError:
         "after the retries MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT allow. Finished cells are kept there and "
         "the interrupted one in its checkpoint: once the store is back, run the same command again."
     )
+
+
+def min_free_bytes() -> int:
+    """The free space a local store and its artifact folder need: ``SOTA_ABLATE_MIN_FREE_MB`` or 256 MiB."""
+    text = os.environ.get("SOTA_ABLATE_MIN_FREE_MB")
+    try:
+        return int(float(text) * 2**20) if text else MIN_FREE_BYTES
+    except ValueError:
+        raise TrackingError(f"SOTA_ABLATE_MIN_FREE_MB={text!r} is not a number of MiB, e.g. 256") from None
+
+
+def disk_full_cause(err: BaseException) -> BaseException | None:
+    """The exception in ``err``'s chain (causes and contexts) that says a disk is full, or None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return e
+        if any(t in str(e).lower() for t in DISK_FULL_TEXT):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]  # sqlalchemy keeps the DB-API error in .orig
+    return None
 
 
 def resolve_tracking_uri(cli_uri: str | None = None) -> str:
@@ -251,6 +287,7 @@ class Tracker:
         self.experiment_name = experiment
         self._client: Any = None
         self._experiment_id: str | None = None
+        self._artifact_folder: Path | None = None  # a local artifact location, once ``check`` found it
 
     @property
     def client(self) -> Any:
@@ -306,6 +343,7 @@ class Tracker:
         if parsed.scheme not in ("", "file"):
             return  # a server or cloud store: checked by the first artifact upload
         folder = Path(unquote(parsed.path) if parsed.scheme else location)
+        self._artifact_folder = folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
@@ -319,12 +357,53 @@ class Tracker:
             if path is None:
                 continue
             free = shutil.disk_usage(path).free
-            if free < MIN_FREE_BYTES:
+            if free < min_free_bytes():
                 raise TrackingError(
                     f"only {free / 2**20:.0f} MiB free for the {where} in {path} ({mask_uri(self.uri)}): a grid "
-                    f"needs at least {MIN_FREE_BYTES / 2**20:.0f} MiB there (runs, figures, predictions). Free some "
-                    "space, or pass --tracking-uri sqlite:///<a folder with room>/mlflow.db."
+                    f"needs at least {min_free_bytes() / 2**20:.0f} MiB there (runs, figures, predictions). Free "
+                    "some space, or pass --tracking-uri sqlite:///<a folder with room>/mlflow.db."
                 )
+
+    def disk_full(self, err: BaseException) -> DiskFullError | None:
+        """The error that stops a grid whose disk filled up mid-run (the store's, its artifacts', a temporary
+        file's), naming the folder, the space it needs and how to continue; None when ``err`` is something else."""
+        cause = disk_full_cause(err)
+        if cause is None:
+            return None
+        need = min_free_bytes()
+        store = local_store_folder(self.uri)
+        filename = getattr(cause, "filename", None)
+        named = Path(filename).parent if isinstance(filename, str) and filename else None
+        if "database or disk is full" in str(cause).lower() and store is not None:
+            named = store  # sqlite's own words: the database's disk
+        folders = [named] if named is not None else [f for f in (self._artifact_folder, store) if f is not None]
+        free = {f: _free_bytes(f) for f in folders}
+        known = {f: b for f, b in free.items() if b is not None and (b < need or f == named)}
+        first = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
+        if not known and local_store_folder(self.uri) is None and self._artifact_folder is None:
+            where = f"the disk of the tracking server {mask_uri(self.uri)} is full ({mask_uri(first)})"
+            fix = "free space on the server"  # its folders are not ours to measure
+        elif not known:  # none of our folders is short of space: e.g. /dev/shm, named in the message itself
+            where = f"a disk is full ({type(cause).__name__}: {mask_uri(first)})"
+            fix = "free space there"
+        else:
+            folder = min(known, key=lambda f: known[f])  # the fullest of the candidates is the one that filled up
+            where = (
+                f"the disk of {folder} is full ({type(cause).__name__}: {mask_uri(first)}; "
+                f"{known[folder] / 2**20:.0f} MiB free, a grid needs at least {need / 2**20:.0f} MiB there)"
+            )
+            fix = f"free at least {need / 2**20:.0f} MiB in {folder}"
+        return DiskFullError(
+            f"{where}. The grid stopped: finished cells are kept in {mask_uri(self.uri)} and the interrupted one "
+            f"continues from its checkpoint (if its folder had room): {fix}, then run the same command again."
+        )
+
+    def stopped(self, err: BaseException) -> TrackingError | None:
+        """The error that stops the grid for ``err``: a full disk or an outage of the store; None otherwise."""
+        full = self.disk_full(err)
+        if full is not None:
+            return full
+        return outage(err, self.uri) if is_store_error(err) else None
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
@@ -446,3 +525,13 @@ class Tracker:
     def artifact_location(self) -> str:
         """Where the experiment's runs put their artifacts (``mlflow-artifacts:/...`` when a server proxies them)."""
         return str(self.client.get_experiment(self.experiment_id()).artifact_location)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Free bytes on the disk of ``folder`` (or of its nearest existing parent); None when it cannot be measured."""
+    for path in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            continue
+    return None
