@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -145,7 +144,7 @@ def test_equal_compute_gives_progressive_more_of_its_cheap_small_epochs():
     assert prog.tags[schema.BUDGET_UNIT] == "flops"
     # an arm whose reference is not selected still gets its target
     only = equalise_compute([p.bind(INFO) for p in make_plans(grid.select(["progressive@10"]), [0], _opts(profile))])
-    assert [p.cell for p in only] == ["progressive@10"] and only[0].train == dataclasses.replace(prog.train)
+    assert [p.cell for p in only] == ["progressive@10"] and only[0].train == prog.train
 
 
 @pytest.mark.parametrize(
