@@ -23,6 +23,35 @@ A grid file is TOML::
 
 Recipe keys are ``TrainConfig`` fields (``epochs``, ``lr``, ``size``, ``batch_size``, ``augment.max_rotate``...);
 a table named after a technique sets that technique's hyperparameters.
+
+Sweep grids vary one recipe key (or the training budget) for a reference arm and each technique::
+
+    generate = "sweep"
+    techniques = ["label_smoothing", "mixup"]   # the arms besides the reference
+    reference = "baseline"                      # optional; "baseline" = no techniques, else a technique (a+b ok)
+    [sweep]
+    key = "label_noise"                         # a recipe key (dotted ok) or "epochs"
+    values = [0, 5, 25, 50]
+
+    generate = "budget"                         # shorthand for a sweep over "epochs"
+    budgets = [5, 10, 20, 40]
+    budget_unit = "epochs"                      # or "flops"
+
+Cells are ``<arm>@<value>`` (``baseline@5``, ``mixup@20``), value-major (every arm at the first value, then the
+next); ``[defaults]`` and ``[overrides."mixup@20"]`` apply as to any cell. A non-epochs sweep value is the cell's
+own recipe override (so ``[overrides."<cell>"]`` could still change it).
+
+The budget of a cell (a sweep over ``epochs``) is its TOTAL number of epochs, and it replaces the cell's epoch
+counts, which only give the proportions (``plan.py``): a plain cell trains ``epochs = B``; a ``progressive`` cell
+splits B between its small epochs, frozen epoch(s) and fine-tune epochs in the proportions of its resolved
+settings (``ablations/fair.toml``: 5 + 1 + 4 = 10), by largest remainder (ties to the earlier stage), every stage
+the settings give at least one epoch keeping at least one (5 + 1 + 4 at B = 5 -> 2 + 1 + 2; at B = 20 -> 10 + 2 +
+8). ``--epochs-scale`` and the profile's scale then multiply the parts as for any cell.
+
+``budget_unit = "flops"``: the reference arm at budget B epochs defines the compute C(B) (its training FLOPs on
+the loaded data, ``train/flops.py``); every other arm trains the LARGEST total epoch count whose FLOPs are <= C(B)
+(split as above), at least one epoch per stage even when that exceeds C(B). Epochs, steps, images and wall time
+then differ between arms; the FLOPs are what is equalised (``plan.equalise_compute``).
 """
 
 from __future__ import annotations
@@ -36,14 +65,32 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sota_ablate.config import ConfigError
+from sota_ablate.config import ConfigError, TrainConfig, apply_overrides, flatten
 from sota_ablate.techniques import check_compatible, technique_names
 from sota_ablate.validate import SAFE_NAME
 
-GENERATORS = ("one_at_a_time", "all", "leave_one_out", "factorial")
-TOP_LEVEL_KEYS = ("name", "description", "seeds", "generate", "techniques", "defaults", "cells", "overrides")
+GENERATORS = ("one_at_a_time", "all", "leave_one_out", "factorial", "sweep", "budget")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "seeds",
+    "generate",
+    "techniques",
+    "defaults",
+    "cells",
+    "overrides",
+    "reference",
+    "sweep",
+    "budgets",
+    "budget_unit",
+)
 CELL_KEYS = ("name", "techniques", "description")
-# SAFE_NAME (validate.py): grid and cell names end up in file and folder names, so no separators, no "..".
+SWEEP_KEYS = ("key", "values")
+BUDGET_KEY = "epochs"  # the recipe key a budget grid sweeps
+BUDGET_UNITS = ("epochs", "flops")
+BASELINE = "baseline"  # the arm with no techniques
+# SAFE_NAME (validate.py): grid and cell names end up in file and folder names, so no separators, no "..";
+# "@" joins a sweep cell's arm and value (mixup@20).
 
 
 class GridError(ValueError):
@@ -51,13 +98,66 @@ class GridError(ValueError):
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """What a sweep grid varies: ``key`` over ``values``, for the ``reference`` arm and each of ``arms``.
+
+    Attributes:
+        unit: ``"epochs"`` or ``"flops"`` for a sweep over the budget (``key == "epochs"``), else None.
+    """
+
+    key: str
+    values: tuple[Any, ...]
+    reference: str
+    arms: tuple[str, ...]
+    unit: str | None = None
+
+    @property
+    def is_budget(self) -> bool:
+        return self.key == BUDGET_KEY
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """A sweep cell's place in its sweep: the arm (``mixup``, ``baseline``) at ``value`` of ``key``."""
+
+    key: str
+    value: Any
+    arm: str
+    reference: str
+    unit: str | None = None
+
+    @property
+    def is_budget(self) -> bool:
+        return self.key == BUDGET_KEY
+
+    @property
+    def is_reference(self) -> bool:
+        return self.arm == self.reference
+
+    @property
+    def value_text(self) -> str:
+        """The value as the cell name and the ``sweep_value`` tag spell it (``20``, ``0.5``, ``true``)."""
+        return value_text(self.value)
+
+
+def value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
 class Cell:
-    """One ablation cell: a set of techniques and overrides (recipe keys and technique tables)."""
+    """One ablation cell: a set of techniques and overrides (recipe keys and technique tables).
+
+    ``sweep``: the cell's place in the grid's sweep (sweep grids only).
+    """
 
     name: str
     techniques: tuple[str, ...]
     overrides: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     description: str = ""
+    sweep: SweepPoint | None = None
 
     def split_overrides(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """(recipe overrides as dotted keys, technique hyperparameters by technique)."""
@@ -84,9 +184,13 @@ class Grid:
     seeds: tuple[int, ...] = (0,)
     description: str = ""
     source: str = ""
+    sweep: Sweep | None = None
+    # cells not run but resolved: the reference arms of equal-compute cells whose reference was not selected
+    references: tuple[Cell, ...] = ()
 
     def select(self, names: Sequence[str]) -> Grid:
-        """Keep only the named cells (in the grid's order); unknown names list the known ones."""
+        """Keep only the named cells (in the grid's order); unknown names list the known ones. An equal-compute
+        cell's reference arm is kept in ``references`` (its FLOPs are the cell's budget)."""
         known = [c.name for c in self.cells]
         for n in names:
             if n not in known:
@@ -94,13 +198,10 @@ class Grid:
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise GridError(f"unknown cell {n!r} in grid {self.name!r}.{hint} Cells: {', '.join(known)}.")
         wanted = set(names)
-        return Grid(
-            self.name,
-            tuple(c for c in self.cells if c.name in wanted),
-            self.seeds,
-            self.description,
-            self.source,
-        )
+        kept = tuple(c for c in self.cells if c.name in wanted)
+        needed = {f"{c.sweep.reference}@{c.sweep.value_text}" for c in kept if c.sweep and c.sweep.unit == "flops"}
+        references = tuple(c for c in (*self.cells, *self.references) if c.name in needed - wanted)
+        return Grid(self.name, kept, self.seeds, self.description, self.source, self.sweep, references)
 
 
 def _dotted(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -158,10 +259,10 @@ def _compatible(names: Sequence[str]) -> bool:
 
 
 def check_name(name: str, what: str, source: str) -> None:
-    """Raise GridError unless ``name`` is safe in a file name (letters, digits, ``_ . + -``; no path parts)."""
+    """Raise GridError unless ``name`` is safe in a file name (letters, digits, ``_ . + @ -``; no path parts)."""
     if not SAFE_NAME.fullmatch(name):
         raise GridError(
-            f"{source}: {what} {name!r} is not allowed: use letters, digits and _ . + - (starting with a letter or "
+            f"{source}: {what} {name!r} is not allowed: use letters, digits and _ . + @ - (starting with a letter or "
             "digit, at most 100 characters), since it becomes part of file and folder names."
         )
 
@@ -191,7 +292,16 @@ def parse_grid(data: dict[str, Any], source: str = "<grid>") -> Grid:
     if not isinstance(defaults, dict):
         raise GridError(f"{source}: [defaults] must be a table")
     cells: list[Cell] = []
-    if "generate" in data:
+    sweep: Sweep | None = None
+    generate = data.get("generate")
+    for key, needs in [("reference", "sweep or budget"), ("sweep", "sweep"), ("budgets", "budget"),
+                       ("budget_unit", "budget")]:  # fmt: skip
+        if key in data and generate not in needs.split(" or "):
+            raise GridError(f'{source}: {key!r} needs generate = "{needs.split(" or ")[0]}" (it is {generate!r})')
+    if generate in ("sweep", "budget"):
+        sweep = parse_sweep(data, source)
+        cells += sweep_cells(sweep)
+    elif "generate" in data:
         techs = data.get("techniques", known_techs)
         if not isinstance(techs, list) or not all(isinstance(t, str) for t in techs):
             raise GridError(f'{source}: techniques must be a list of technique names, like techniques = ["mixup"]')
@@ -226,14 +336,120 @@ def parse_grid(data: dict[str, Any], source: str = "<grid>") -> Grid:
         cell_defaults = {k: v for k, v in defaults.items() if k not in known_techs or k in c.techniques}
         overrides = _deep_merge(cell_defaults, c.overrides)
         overrides = _deep_merge(overrides, per_cell.get(c.name, {}))
-        merged.append(Cell(c.name, c.techniques, overrides, c.description))
+        merged.append(Cell(c.name, c.techniques, overrides, c.description, c.sweep))
     return Grid(
         name=str(name),
         cells=tuple(merged),
         seeds=tuple(seeds),
         description=str(data.get("description", "")),
         source=source,
+        sweep=sweep,
     )
+
+
+def arm_techniques(arm: str) -> tuple[str, ...]:
+    """The techniques of a sweep arm: none for ``baseline``, else the ``+``-joined names (``mixup``, ``a+b``)."""
+    return () if arm == BASELINE else tuple(arm.split("+"))
+
+
+def parse_sweep(data: dict[str, Any], source: str) -> Sweep:
+    """The ``Sweep`` of a ``generate = "sweep"`` or ``"budget"`` grid, validated (errors name the file and key)."""
+    known_techs = technique_names()
+    arms = data.get("techniques")
+    if not isinstance(arms, list) or not all(isinstance(t, str) for t in arms):
+        raise GridError(
+            f"{source}: generate = {data['generate']!r} needs techniques, the arms besides the reference: a list of "
+            'technique names (a+b for a combination), like techniques = ["mixup", "label_smoothing"]'
+        )
+    reference = data.get("reference", BASELINE)
+    if not isinstance(reference, str):
+        raise GridError(f'{source}: reference must be a technique name or "baseline" (no techniques)')
+    if reference in arms:
+        raise GridError(
+            f"{source}: reference {reference!r} is also in techniques; the reference arm is trained at every value "
+            "anyway: remove it from techniques"
+        )
+    if len(set(arms)) != len(arms):
+        dupes = sorted({a for a in arms if arms.count(a) > 1})
+        raise GridError(f"{source}: techniques lists {', '.join(dupes)} more than once")
+    for arm in [reference, *arms]:
+        if arm == BASELINE:
+            continue
+        for t in arm_techniques(arm):
+            if t not in known_techs:
+                close = difflib.get_close_matches(t, [*known_techs, BASELINE], n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise GridError(
+                    f"{source}: unknown technique {t!r} in arm {arm!r}.{hint} Techniques: {', '.join(known_techs)} "
+                    f'(or "{BASELINE}" for none)'
+                )
+        try:
+            check_compatible(arm_techniques(arm))
+        except ConfigError as err:
+            raise GridError(f"{source}: arm {arm!r}: {err}") from None
+    if data["generate"] == "budget":
+        key, values = BUDGET_KEY, data.get("budgets")
+        unit = data.get("budget_unit", "epochs")
+        if unit not in BUDGET_UNITS:
+            raise GridError(f"{source}: budget_unit = {unit!r}: use one of {', '.join(map(repr, BUDGET_UNITS))}")
+        what = "budgets"
+    else:
+        table = data.get("sweep")
+        if not isinstance(table, dict):
+            raise GridError(f'{source}: generate = "sweep" needs a [sweep] table with key = "..." and values = [...]')
+        _check_keys(table, SWEEP_KEYS, f"{source} [sweep]")
+        if "key" not in table or "values" not in table:
+            raise GridError(f'{source}: [sweep] needs key (a recipe key like "lr", or "epochs") and values = [...]')
+        key, values, what = table["key"], table["values"], "[sweep] values"
+        if not isinstance(key, str):
+            raise GridError(f'{source}: [sweep] key must be a recipe key as a string, like key = "lr"')
+        _check_sweep_key(key, source)
+        unit = "epochs" if key == BUDGET_KEY else None
+    if not isinstance(values, list) or not values:
+        raise GridError(f"{source}: {what} must be a non-empty list, like {what.split()[-1]} = [5, 10, 20]")
+    texts = [value_text(v) for v in values]
+    if len(set(texts)) != len(texts):
+        dupes = sorted({t for t in texts if texts.count(t) > 1})
+        raise GridError(f"{source}: {what} lists {', '.join(dupes)} more than once")
+    for v in values:
+        _check_sweep_value(key, v, what, source)
+    return Sweep(key, tuple(values), reference, tuple(arms), unit)
+
+
+def _check_sweep_key(key: str, source: str) -> None:
+    known = sorted(flatten(TrainConfig()))
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise GridError(f"{source}: [sweep] key {key!r} is not a recipe key.{hint} Recipe keys: {', '.join(known)}.")
+
+
+def _check_sweep_value(key: str, value: Any, what: str, source: str) -> None:
+    if key == BUDGET_KEY and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise GridError(f"{source}: {what}: {value!r} is not a budget: use whole numbers of epochs >= 1")
+    if isinstance(value, dict | list):
+        raise GridError(f"{source}: {what}: {value!r} is not a single value for {key}")
+    try:
+        apply_overrides(TrainConfig(), {key: value}, where=f"{source} {what}")
+    except ConfigError as err:
+        raise GridError(str(err)) from None
+
+
+def sweep_cells(sweep: Sweep) -> list[Cell]:
+    """``<arm>@<value>`` cells, value-major, the reference arm first at each value."""
+    cells = []
+    for value in sweep.values:
+        for arm in (sweep.reference, *sweep.arms):
+            point = SweepPoint(sweep.key, value, arm, sweep.reference, sweep.unit)
+            overrides = {} if sweep.is_budget else _nested(sweep.key, value)  # the budget: plan.py
+            cells.append(Cell(f"{arm}@{point.value_text}", arm_techniques(arm), overrides, sweep=point))
+    return cells
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    """``{"augment": {"max_rotate": 5}}`` for ``augment.max_rotate``: merges with tables in [defaults]."""
+    head, _, rest = dotted.partition(".")
+    return {head: _nested(rest, value) if rest else value}
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

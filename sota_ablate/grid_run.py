@@ -22,7 +22,7 @@ from sota_ablate.executors.base import CellTask, Executor, GridJob
 from sota_ablate.executors.local import LocalExecutor
 from sota_ablate.grid import Grid
 from sota_ablate.lease import claim_tags, grid_filter, heartbeat, winner
-from sota_ablate.plan import CellPlan, RunOptions, grid_identity, make_plans
+from sota_ablate.plan import CellPlan, RunOptions, equalise_compute, grid_identity, make_plans
 from sota_ablate.progress import format_time
 from sota_ablate.resume import cell_runs, find_grid_run
 from sota_ablate.tracking import (
@@ -89,7 +89,7 @@ def _run_grid(
     bad = f"; {data.info['bad_images']} unreadable image(s) skipped" if data.info.get("bad_images") else ""
     print(f"data: {data.info.get('n_train')} train / {data.info.get('n_valid')} valid images, {len(data.classes)} "
           f"classes, split {data.info.get('split')}, loaded in {time.perf_counter() - t0:.1f}s{bad}", file=out)  # fmt: skip
-    plans = [p.bind(data.info) for p in plans]
+    plans = equalise_compute([p.bind(data.info) for p in plans])  # budget_unit = "flops": needs n_train
     ghash = grid_identity(grid, opts, seeds, data.info)
     parent = open_grid_run(tracker, grid, opts, seeds, ghash, data.info, out)
     with heartbeat(parent):
@@ -164,6 +164,7 @@ def start_grid_run(
             schema.ROLE: schema.ROLE_GRID,
             schema.GIT_COMMIT: git_commit(),
             schema.DEVICE: opts.device.type,
+            **sweep_tags(grid),
         },
     )
     parent.log_params(
@@ -187,6 +188,16 @@ def start_grid_run(
         with contextlib.suppress(OSError):
             parent.log_file(grid.source, schema.GRID_FOLDER)
     return parent
+
+
+def sweep_tags(grid: Grid) -> dict[str, str]:
+    """A sweep grid run's ``sweep_key``, ``sweep_reference`` and (budget grids) ``budget_unit``."""
+    if grid.sweep is None:
+        return {}
+    tags = {schema.SWEEP_KEY: grid.sweep.key, schema.SWEEP_REFERENCE: grid.sweep.reference}
+    if grid.sweep.unit is not None:
+        tags[schema.BUDGET_UNIT] = grid.sweep.unit
+    return tags
 
 
 def _run_tasks(executor: Executor, tasks: list[CellTask], job: GridJob, parent: Run, out) -> list[CellOutcome]:

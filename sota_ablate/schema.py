@@ -39,6 +39,13 @@ CONFIG_HASH = "config_hash"
 PROFILE = "profile"
 GIT_COMMIT = "git_commit"
 DEVICE = "device"
+# sweep grids (``generate = "sweep"`` / ``"budget"``): on every cell run; the grid run has the key, the reference
+# and the unit
+SWEEP_KEY = "sweep_key"  # the recipe key the grid sweeps: "epochs" (budget grids), "label_noise", ...
+SWEEP_VALUE = "sweep_value"  # the cell's value as a string: "20"
+SWEEP_ARM = "sweep_arm"  # the cell's arm: "mixup", "baseline"
+SWEEP_REFERENCE = "sweep_reference"  # the arm the others are compared with: "baseline"
+BUDGET_UNIT = "budget_unit"  # budget grids: "epochs" (equal epochs) or "flops" (equal training compute)
 PARENT = "mlflow.parentRunId"  # MLflow's own
 # sweep grids (``generate = "sweep"`` / ``"budget"``), on every cell run; the grid run carries the key, reference, unit
 SWEEP_KEY = "sweep_key"  # the swept recipe key ("epochs" for a budget grid, "label_noise", ...)
@@ -69,6 +76,11 @@ EPOCH_METRIC_KEYS = "epoch_metric_keys"  # the per-epoch metrics this run logs (
 TRAIN_FLOPS = "train_flops"  # forward + backward FLOPs of all training steps (train/flops.py)
 TRAIN_IMAGES = "train_images"  # training images seen (with repeats), over all stages
 OPTIMIZER_STEPS = "optimizer_steps"
+# budget grids: the cell's total epochs (all stages); budget_unit = "flops": the reference arm's training FLOPs at
+# the cell's budget (what was equalised) and the cell's own planned FLOPs (= train_flops)
+BUDGET_EPOCHS = "budget.epochs"
+BUDGET_TARGET_FLOPS = "budget.target_flops"
+BUDGET_ACHIEVED_FLOPS = "budget.achieved_flops"
 # the grid run's
 GRID_FILE = "grid_file"
 SEEDS = "seeds"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 # Grid and cell names end up in file and folder names (reports/<grid>/, run names): no separators, no "..".
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,99}")
 SETTING_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids: uuid4 hex
 
@@ -112,7 +112,7 @@ def _name(text: str) -> str:
     return text
 
 
-NAME_HELP = "use letters, digits and _ . + - (starting with a letter or digit, at most 100 characters)"
+NAME_HELP = "use letters, digits and _ . + @ - (starting with a letter or digit, at most 100 characters)"
 
 
 def name(option: str, example: str) -> Validator:

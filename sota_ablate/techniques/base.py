@@ -165,6 +165,15 @@ class Technique:
         """Raise ``ConfigError`` for out-of-range hyperparameters."""
         return None
 
+    def epoch_parts(self, epochs: int) -> tuple[int, ...] | None:
+        """The epoch counts of the stages this technique plans from a recipe of ``epochs`` (a budget grid splits
+        a budget in these proportions, ``sota_ablate/budget.py``); None: it plans no stages of its own."""
+        return None
+
+    def with_epoch_parts(self, parts: tuple[int, ...]) -> tuple[Technique, int]:
+        """(a copy that plans ``parts``, ordered as ``epoch_parts`` returns them; the recipe's ``epochs``)."""
+        raise NotImplementedError(f"{self.name} plans no stages of its own")
+
     def hyperparameters(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 

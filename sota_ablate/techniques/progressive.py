@@ -81,6 +81,14 @@ class Progressive(Technique):
     def scale_epochs(self, scale: float) -> Progressive:
         return dataclasses.replace(self, initial_epochs=scale_epoch_count(self.initial_epochs, scale))
 
+    def epoch_parts(self, epochs: int) -> tuple[int, ...]:
+        """(small, frozen, fine-tune) epochs."""
+        return (self.initial_epochs, self.freeze_epochs, epochs)
+
+    def with_epoch_parts(self, parts: tuple[int, ...]) -> tuple[Progressive, int]:
+        small, frozen, fine_tune = parts
+        return dataclasses.replace(self, initial_epochs=small, freeze_epochs=frozen), fine_tune
+
     def plan(self, stages: list[Stage], cfg: TrainConfig) -> list[Stage]:
         small = Stage(
             name="progressive_small",

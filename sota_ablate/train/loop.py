@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from sota_ablate.config import TrainConfig
 from sota_ablate.data import steps_per_epoch, train_loader
 from sota_ablate.train.evaluate import evaluate
 from sota_ablate.train.optim import reset_state, set_hyper
@@ -31,7 +32,11 @@ class NonFiniteLossError(FloatingPointError):
 
 def plan_stages(techniques: Sequence[Hooks], s: TrainState) -> list[Stage]:
     """The recipe's stages: one fit_one_cycle, then whatever ``plan`` hooks make of it."""
-    cfg = s.cfg
+    return recipe_stages(s.cfg, techniques)
+
+
+def recipe_stages(cfg: TrainConfig, techniques: Sequence[Hooks]) -> list[Stage]:
+    """``plan_stages`` from the config alone (what a cell will train, before any model exists)."""
     stages = [
         Stage(
             name="train",

@@ -101,6 +101,11 @@ class TrainState:
     outputs: dict[str, Tensor] = field(default_factory=dict)
 
 
+def uses_channels_last(device: torch.device) -> bool:
+    """Whether a model trains channels_last on ``device`` (``build_state``)."""
+    return device.type in ("cuda", "cpu")
+
+
 def build_state(cfg: TrainConfig, data: ImageData, device: torch.device, n_out: int | None = None) -> TrainState:
     """A fresh model and fastai's Adam for ``cfg`` on ``device``, as every cell trains them.
 
@@ -114,7 +119,7 @@ def build_state(cfg: TrainConfig, data: ImageData, device: torch.device, n_out: 
     """
     n_out = n_out or len(data.classes)
     model = create_model(cfg.model, n_out=n_out).to(device)
-    channels_last = device.type in ("cuda", "cpu")
+    channels_last = uses_channels_last(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer(model, cfg.lr, wd=cfg.wd, eps=cfg.eps, mom=cfg.moms[0], sqr_mom=cfg.sqr_mom)
