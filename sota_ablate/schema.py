@@ -63,6 +63,10 @@ EPOCH_METRIC_KEYS = "epoch_metric_keys"  # the per-epoch metrics this run logs (
 TRAIN_FLOPS = "train_flops"  # forward + backward FLOPs of all training steps (train/flops.py)
 TRAIN_IMAGES = "train_images"  # training images seen (with repeats), over all stages
 OPTIMIZER_STEPS = "optimizer_steps"
+# the training labels of a cell run (data/noise.py; the level itself is train.label_noise)
+LABEL_NOISE_SOURCE = "label_noise.source"  # "clean", "csv column noisy_labels_25" or "symmetric, seed 1641"
+LABEL_NOISE_FLIPPED = "label_noise.flipped"  # training labels that differ from the clean ones
+LABEL_NOISE_FLIP_FRACTION = "label_noise.flip_fraction"  # their fraction: the realised noise rate
 # the grid run's
 GRID_FILE = "grid_file"
 SEEDS = "seeds"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sota_ablate import schema
-from sota_ablate.data.names import IMAGENETTE_NAMES
+from sota_ablate.data.names import KNOWN_CLASS_NAMES
 from sota_ablate.report import effects, overview, result_plots, synthesis, verdicts
 from sota_ablate.report.caveats import honesty_notes
 from sota_ablate.report.collect import ReportError, collect_grid, latest_grid_runs
@@ -81,7 +81,7 @@ def generate_report(
     prefix = param("")
     recorded = {k[len(prefix) :]: v for k, v in data.parent.items() if str(k).startswith(prefix)}
     dataset, dataset_note = find_dataset(data_path, recorded)
-    names = dict(IMAGENETTE_NAMES)
+    names = dict(KNOWN_CLASS_NAMES)  # Imagenette's and Imagewoof's ids; other class folders as they are
     glance = overview.glance(data, summaries, reference, colours, writer, tracker.read_artifact_text, names)
     opening = overview.verdict_section(data, writer, band)
     chapter = build_sections(data, summaries, reference, writer, dataset, dataset_note, names, band)
