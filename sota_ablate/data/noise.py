@@ -82,7 +82,9 @@ def read_noisy_csv(
             fields = list(reader.fieldnames or [])
             rows = {row["path"]: row for row in reader} if "path" in fields else {}
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"cannot read {path} ({error}): fix or remove it (without it, label noise is symmetric).")
+        raise DataError(
+            f"cannot read {path} ({error}): fix or remove it (without it, label noise is symmetric)."
+        ) from error
     levels = [int(m.group(1)) for f in fields if (m := _COLUMN.fullmatch(f)) and int(m.group(1)) in NOISE_LEVELS]
     if "path" not in fields or not levels:
         raise DataError(
