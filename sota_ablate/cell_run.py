@@ -20,6 +20,7 @@ import torch
 from sota_ablate import schema
 from sota_ablate.artifacts import EpochLogger, judged_metrics, log_results
 from sota_ablate.data import ImageData
+from sota_ablate.data.noise import with_label_noise
 from sota_ablate.failures import failure_reason
 from sota_ablate.lease import cell_filter, claim_tags, heartbeat, winner
 from sota_ablate.models import count_parameters
@@ -96,6 +97,7 @@ def _train(
     start = time.perf_counter() - (ckpt["elapsed_s"] if ckpt is not None else 0.0)  # wall time of all attempts
     try:
         run.log_params({**plan.params, schema.CHECKPOINT_DIR: opts.checkpoint_dir or "none"})
+        data = _training_labels(plan, data, run, out)
         torch.manual_seed(plan.seed)  # CPU and every CUDA device
         n_out = plan.train.n_out or len(data.classes)
         if n_out < len(data.classes):
@@ -164,6 +166,20 @@ def _stopped(run: Run, stop: Exception, err: Exception) -> None:
     with contextlib.suppress(Exception):
         run.set_tags({schema.FAILURE: str(stop)[:5000], schema.FAILURE_TYPE: type(err).__name__})
         run.end("KILLED")
+
+
+def _training_labels(plan: CellPlan, data: ImageData, run: Run, out: Any) -> ImageData:
+    """The data with the cell's training labels (``train.label_noise``), their source and flip rate logged."""
+    data, noise = with_label_noise(data, plan.train.label_noise)
+    run.log_params({
+        schema.LABEL_NOISE_SOURCE: noise["source"],
+        schema.LABEL_NOISE_FLIPPED: noise["flipped"],
+        schema.LABEL_NOISE_FLIP_FRACTION: noise["flip_fraction"],
+    })  # fmt: skip
+    if plan.train.label_noise:
+        print(f"{plan.run_name}: label noise {plan.train.label_noise} % ({noise['source']}): {noise['flipped']} of "
+              f"{len(data.train)} training labels wrong ({noise['flip_fraction']:.2%})", file=out)  # fmt: skip
+    return data
 
 
 def _failed(plan: CellPlan, run: Run, err: Exception, device: Any, wall: float, out: Any) -> CellOutcome:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sota_ablate.data.augment import AugmentConfig
+from sota_ablate.data.noise import NOISE_LEVELS
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,9 @@ class TrainConfig:
         pct_start, div, div_final, moms: fit_one_cycle's schedule.
         eps, sqr_mom: fastai Adam's eps and beta2.
         seed: seed for init, data order, augmentation and mixup.
+        label_noise: percent of training labels that are wrong (0, 1, 5, 25 or 50): taken from the dataset's
+            ``noisy_imagenette.csv`` column ``noisy_labels_<n>`` when it has one, else seeded symmetric noise
+            (``data/noise.py``). Validation labels stay clean. A recipe key, so a grid can sweep it.
     """
 
     model: str = "xresnet50"
@@ -53,6 +57,7 @@ class TrainConfig:
     eps: float = 1e-5
     sqr_mom: float = 0.99
     seed: int = 0
+    label_noise: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, where: str = "") -> None:
@@ -70,6 +75,7 @@ class TrainConfig:
             ("eps", 0 < self.eps < 1, "a number in (0, 1), like 1e-5"),
             ("sqr_mom", 0 <= self.sqr_mom < 1, "a number in [0, 1), like 0.99"),
             ("moms", len(self.moms) == 3 and all(0 <= m < 1 for m in self.moms), "three numbers in [0, 1)"),
+            ("label_noise", self.label_noise in NOISE_LEVELS, f"one of {', '.join(map(str, NOISE_LEVELS))} (percent)"),
             ("augment.min_scale", 0 < self.augment.min_scale <= 1, "a number in (0, 1]"),
             ("augment.min_zoom", 0 < self.augment.min_zoom <= self.augment.max_zoom, "in (0, augment.max_zoom]"),
             ("augment.max_rotate", 0 <= self.augment.max_rotate <= 180, "a number of degrees in [0, 180]"),

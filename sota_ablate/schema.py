@@ -81,6 +81,10 @@ OPTIMIZER_STEPS = "optimizer_steps"
 BUDGET_EPOCHS = "budget.epochs"
 BUDGET_TARGET_FLOPS = "budget.target_flops"
 BUDGET_ACHIEVED_FLOPS = "budget.achieved_flops"
+# the training labels of a cell run (data/noise.py; the level itself is train.label_noise)
+LABEL_NOISE_SOURCE = "label_noise.source"  # "clean", "csv column noisy_labels_25" or "symmetric, seed 1641"
+LABEL_NOISE_FLIPPED = "label_noise.flipped"  # training labels that differ from the clean ones
+LABEL_NOISE_FLIP_FRACTION = "label_noise.flip_fraction"  # their fraction: the realised noise rate
 # the grid run's
 GRID_FILE = "grid_file"
 SEEDS = "seeds"

@@ -84,7 +84,9 @@ def test_artifact_disk_full_mid_cell_stops_and_the_rerun_finishes(
     monkeypatch.setattr(LocalArtifactRepository, "log_artifact", full)
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: the disk of {store}/mlartifacts is full") and "is full" in err and "MiB free" in err, err
+    assert (
+        err.startswith(f"error: the disk of {store}/mlartifacts is full") and "is full" in err and "MiB free" in err
+    ), err
     assert "to continue, run:" in err and "Traceback" not in err, err
     before = _runs(store)
     assert sorted(before.values()) == ["KILLED", "KILLED"], before  # the cell and the grid run: resumable

@@ -20,6 +20,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +28,11 @@ from torch import Tensor
 
 from sota_ablate.data.augment import AugmentConfig, preshrink, train_transform, valid_transform
 from sota_ablate.data.cache import build_cache, check_unreadable
-from sota_ablate.data.checksum import fingerprint
+from sota_ablate.data.checksum import file_digests, fingerprint
 from sota_ablate.data.config import DataConfig
 from sota_ablate.data.errors import DataError
+from sota_ablate.data.names import dataset_name
+from sota_ablate.data.noise import NoisyColumns, read_noisy_csv
 from sota_ablate.data.sources import Item, Items, list_items, relative_key
 
 logger = logging.getLogger(__name__)
@@ -74,7 +77,10 @@ class ImageData:
         train: the training set.
         valid: the validation set.
         classes: class names; label ``i`` is ``classes[i]``.
-        info: what to log: the dataset identity (``DataConfig.identity``), ``n_train``, ``n_valid``,
+        noisy: the noisy training labels of the dataset's ``noisy_imagenette.csv`` (``noise.py``), None without one.
+        info: what to log: the dataset identity (``DataConfig.identity``), ``dataset`` (its name:
+            ``names.dataset_name``), ``label_noise_csv`` and ``label_noise_csv_sha256`` (the CSV's file name and
+            content digest, when there is one), ``n_train``, ``n_valid``,
             ``n_classes``, ``content_sha256``, ``canvas``, ``cache_hit``, ``cache_rebuilt``, ``cache_seconds``
             and ``cache_folder``. ``content_sha256`` fingerprints the data itself (``checksum.fingerprint``: the
             class names and, per split, each image's relative path, label and file SHA-256), so it changes when
@@ -86,6 +92,7 @@ class ImageData:
     valid: ImageSet
     classes: list[str]
     info: dict[str, Any]
+    noisy: NoisyColumns | None = None
 
 
 def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
@@ -120,8 +127,11 @@ def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
                 presize=cfg.presize,
             )
         )
+    noisy = read_noisy_csv(items.root, sets[0].paths, items.classes, device)
     info: dict[str, Any] = {
         **cfg.identity(),
+        "dataset": dataset_name(items.classes, cfg),
+        **(_csv_info(noisy) if noisy is not None else {}),
         "n_train": len(train),
         "n_valid": len(valid),
         "n_classes": len(items.classes),
@@ -141,7 +151,13 @@ def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
         cached.canvas,
         cached.canvas,
     )
-    return ImageData(train=sets[0], valid=sets[1], classes=list(items.classes), info=info)
+    return ImageData(train=sets[0], valid=sets[1], classes=list(items.classes), info=info, noisy=noisy)
+
+
+def _csv_info(noisy: NoisyColumns) -> dict[str, str]:
+    """The noisy-label CSV's name and SHA-256: part of the data identity (its labels decide the noisy cells')."""
+    path = Path(noisy.file)
+    return {"label_noise_csv": path.name, "label_noise_csv_sha256": file_digests([str(path)])[0]}
 
 
 def _content_sha256(items: Items, train: list[Item], valid: list[Item], keys: list[str], digests: list[str]) -> str:

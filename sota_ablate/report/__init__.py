@@ -9,7 +9,7 @@ Modules, each with one job (this ``__init__`` imports none of them, so importing
   ``formatting``: number and table formatting; ``palette``: every cell's colour.
 - ``sections``: the chapter's sections (the ``SectionContext`` a technique's ``ReportSection.build`` gets);
   ``overview``: the parts around them (overview, summary notes, figures at a glance, effects, provenance).
-- ``prose``: the sentences; ``caveats``: the caveats that apply to a grid.
+- ``prose``: the sentences; ``caveats``: the caveats that apply to a grid; ``dataset``: which dataset it ran on.
 - ``markdown``: the document model and its renderer; ``writer``: saves figures next to the README.
 - ``result_plots``: figures of results; ``illustrations``: the chapter's illustrative figures from real images;
   ``canvas``: pyplot and PNG saving.

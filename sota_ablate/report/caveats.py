@@ -1,5 +1,5 @@
 """The caveats that apply to a grid ("Read this first"): partial grids, budgets that differ, too few seeds, not
-the official split, not full-size Imagenette, bf16 standing in for fp16, scaled-down runs, the head size,
+the official split, not full-size Imagenette (or not Imagenette at all), bf16 standing in for fp16, scaled-down runs, the head size,
 valid_loss of techniques that train with a loss of their own (those that claim the ``loss``), timings of runs
 made while the machine was loaded, the book's numbers coming from a leaky split, and runs from uncommitted code.
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from sota_ablate import schema
 from sota_ablate.report import stats
 from sota_ablate.report.collect import GridData
+from sota_ablate.report.dataset import dataset_name, is_imagenette
 from sota_ablate.report.formatting import format_duration
 from sota_ablate.report.keys import metric, param, tag
 from sota_ablate.report.prose import listing
@@ -77,18 +78,25 @@ def honesty_notes(
                 f"**Fewer than 3 seeds** (as few as {fewest}): where there are 2, the 95% interval uses Student's "
                 "t with 1 degree of freedom (12.7 standard errors) and is very wide; with 1 there is none."
             )
+    book, dataset = is_imagenette(data), dataset_name(data)
     splits = _recorded(data, schema.data_param("split"))
     if splits - {"official"}:
         notes.append(
             "**Not the official split.** The runs used the chapter's split (a seeded random 20% of train and val "
-            "together, as fastai's `RandomSplitter` in the book), not Imagenette's official `val/` folder."
+            f"together, as fastai's `RandomSplitter` in the book), not {dataset}'s own `val/` folder."
         )
     sources, variants = _recorded(data, schema.data_param("source")), _recorded(data, schema.data_param("variant"))
     per_class = _recorded(data, schema.data_param("train_per_class")) | _recorded(
         data, schema.data_param("valid_per_class")
     )
     n_train, n_valid = data.parent_param(schema.data_param("n_train")), data.parent_param(schema.data_param("n_valid"))
-    if "folder" in sources or variants - {"full"} or per_class - {"all"}:
+    if not book:
+        subset = f", a subset of {n_train} training / {n_valid} validation images" if per_class - {"all"} else ""
+        notes.append(
+            f"**Not Imagenette.** The data is {dataset} ({data.parent_param(schema.data_param('n_classes'))} "
+            f"classes{subset}): the book's published Imagenette numbers do not apply, so the report shows none."
+        )
+    elif "folder" in sources or variants - {"full"} or per_class - {"all"}:
         where = []
         if "folder" in sources:
             where.append(
@@ -109,13 +117,18 @@ def honesty_notes(
         )
     profile = data.parent_param(schema.PROFILE) or data.parent.get(tag(schema.PROFILE))
     models = _recorded(data, schema.train_param("model"))
-    if profile != "chapter" or models - {"xresnet50"}:
+    if (profile != "chapter" or models - {"xresnet50"}) and not book:
+        notes.append(
+            f"**Scaled down** (profile `{profile}`, model {', '.join(sorted(models)) or '?'}): not the chapter's "
+            "xresnet50 at 224 px on a GPU."
+        )
+    elif profile != "chapter" or models - {"xresnet50"}:
         notes.append(
             f"**Scaled down** (profile `{profile}`, model {', '.join(sorted(models)) or '?'}): the published column "
             "(xresnet50 at 224 px on full Imagenette, GPU) is a reference point, not a target these runs should hit."
         )
     n_out = _recorded(data, schema.train_param("n_out"))
-    if n_out:
+    if n_out and book:
         notes.append(
             f"**Head size.** These runs use {', '.join(sorted(n_out))} outputs; the book's printed numbers came from "
             "`xresnet50()` with 1000 outputs (fastbook#254 later changed it to `n_out=dls.c`)."
@@ -127,7 +140,8 @@ def honesty_notes(
             f"{'it trains' if len(own_loss) == 1 else 'they train'} with (as in fastai), so it is not comparable "
             "with other cells' valid_loss; compare accuracies."
         )
-    notes += [n for n in (loaded_machine_note(data), leaky_split_note(data, summaries), dirty_code_note(data)) if n]
+    notes += [n for n in (label_noise_note(data), loaded_machine_note(data), leaky_split_note(data, summaries)) if n]
+    notes += [n for n in (dirty_code_note(data),) if n]
     notes += [f"**Collection:** {n}" for n in data.notes]
     return notes
 
@@ -190,6 +204,40 @@ def leaky_split_note(data: GridData, summaries: Sequence[CellSummary]) -> str:
         "**The book's numbers come from a leaky split.** The chapter passed no splitter, so fastai drew a new random "
         "20 % split of train and val on every `get_dls` call: across progressive resizing about 80 % of the final "
         f"validation images had been training images, which inflates its progressive and TTA numbers; {ours}."
+    )
+
+
+def label_noise_note(data: GridData) -> str:
+    """The caveat on cells trained on noisy labels: per level, its cells, where the labels came from and the
+    realised fraction of wrong training labels (``train.label_noise``, ``label_noise.*`` params)."""
+    level_key, source_key = param(schema.train_param("label_noise")), param(schema.LABEL_NOISE_SOURCE)
+    fraction_key = param(schema.LABEL_NOISE_FLIP_FRACTION)
+    if level_key not in data.runs.columns:
+        return ""
+    by_level: dict[int, tuple[set[str], set[str], list[float]]] = {}
+    for _, row in data.runs.iterrows():
+        level = row.get(level_key)
+        if level is None or level != level or int(level) == 0:
+            continue
+        cells, sources, fractions = by_level.setdefault(int(level), (set(), set(), []))
+        cells.add(str(row["cell"]))
+        sources.add(str(row.get(source_key)))
+        fraction = row.get(fraction_key)
+        if fraction is not None and fraction == fraction:
+            fractions.append(float(fraction))
+    if not by_level:
+        return ""
+    parts = []
+    for level, (cells, sources, fractions) in sorted(by_level.items()):
+        realised = f"; realised {100 * min(fractions):.1f} %" if fractions else ""
+        if fractions and max(fractions) != min(fractions):
+            realised += f" to {100 * max(fractions):.1f} %"
+        parts.append(
+            f"{level} % in {', '.join(f'`{c}`' for c in sorted(cells))} ({', '.join(sorted(sources))}{realised})"
+        )
+    return (
+        f"**Noisy training labels.** Some cells trained with a share of wrong training labels: {'; '.join(parts)}. "
+        "Validation labels are clean, so accuracy measures how well the true classes were learnt."
     )
 
 

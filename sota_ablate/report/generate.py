@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from sota_ablate import schema
-from sota_ablate.data.names import IMAGENETTE_NAMES
+from sota_ablate.data.names import KNOWN_CLASS_NAMES
 from sota_ablate.report import effects, overview, result_plots, sweep, sweep_section, synthesis, verdicts
 from sota_ablate.report.caveats import honesty_notes
 from sota_ablate.report.collect import ReportError, collect_grid, latest_grid_runs
+from sota_ablate.report.dataset import dataset_name, is_imagenette
 from sota_ablate.report.illustrations import find_dataset
 from sota_ablate.report.keys import param
 from sota_ablate.report.markdown import Report, render
@@ -85,7 +86,8 @@ def generate_report(
     prefix = param("")
     recorded = {k[len(prefix) :]: v for k, v in data.parent.items() if str(k).startswith(prefix)}
     dataset, dataset_note = find_dataset(data_path, recorded)
-    names = dict(IMAGENETTE_NAMES)
+    book = is_imagenette(data)  # the book's published numbers are about Imagenette
+    names = dict(KNOWN_CLASS_NAMES)  # Imagenette's and Imagewoof's ids; other class folders as they are
     glance = overview.glance(data, summaries, reference, colours, writer, tracker.read_artifact_text, names)
     if found_sweep is not None:
         opening = sweep_section.section(found_sweep, sweep_section.arm_colours(found_sweep, colours), writer, band)
@@ -100,10 +102,11 @@ def generate_report(
     if used_dataset:
         honesty.append(f"**Illustrative figures** ({', '.join(used_dataset)}) use {dataset_note}.")
     report = Report(
-        title=f"{data.grid}: fastbook chapter 7, technique by technique",
+        title=f"{data.grid}: fastbook chapter 7, technique by technique"
+        + ("" if book else f", on {dataset_name(data)}"),
         overview=overview.overview(data),
-        summary_table=summary_markdown(summaries, reference),
-        summary_notes=overview.summary_notes(summaries, reference),
+        summary_table=summary_markdown(summaries, reference, published=book),
+        summary_notes=overview.summary_notes(summaries, reference, book),
         honesty=honesty,
         glance=glance,
         sections=body,
@@ -162,10 +165,10 @@ def generate_synthesis(
             )
             continue
         found = effects.technique_effects(data)
-        grids.append(synthesis.GridEffects(data.grid, link, tuple(found)))
+        grids.append(synthesis.GridEffects(data.grid, link, tuple(found), is_imagenette(data)))
         mde = verdicts.mde_sentence([e.accuracy for e in found if e.equal_budget], band)
         lines.append(f"- [`{data.grid}`]({link}) (grid run `{run_id}`, seeds {', '.join(map(str, data.seeds))}): {mde}")
-        points += overview.effect_points(found, prefix=f"{data.grid}: ")
+        points += overview.effect_points(found, prefix=f"{data.grid}: ", book=is_imagenette(data))
     out = [
         "# What each technique of fastbook chapter 7 is worth: every grid",
         "",
@@ -179,7 +182,7 @@ def generate_synthesis(
         "",
         synthesis.verdict_markdown(grids, band),
         "",
-        *[f"- {n}" for n in synthesis.verdict_notes(band)],
+        *[f"- {n}" for n in synthesis.verdict_notes(band, any(g.book for g in grids))],
         "",
         "## What each grid can detect",
         "",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sota_ablate.data import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, normalize, train_transform
+from sota_ablate.data.names import class_names
 from sota_ablate.report.canvas import pyplot
 from sota_ablate.report.formatting import pipe_table
 
@@ -232,7 +233,8 @@ def mixup_example(folder: Path) -> tuple[MixupExample | None, str]:
         pair, note = (CHURCH, GAS_PUMP), ""
     elif len(classes) >= 2:
         pair = (classes[0], classes[1])
-        note = f"this dataset has no church/gas pump classes: {classes[0]} and {classes[1]} stand in"
+        names = class_names(pair)
+        note = f"this dataset has no church/gas pump classes: {names[pair[0]]} and {names[pair[1]]} stand in"
     else:
         return None, "the dataset has fewer than two classes"
     files = [image_files(folder / "train" / c) for c in pair]

@@ -11,6 +11,7 @@ from sota_ablate import schema
 from sota_ablate.report import effects, predictions, result_plots, stats, synthesis, verdicts
 from sota_ablate.report.collect import GridData
 from sota_ablate.report.comparison import prediction_array
+from sota_ablate.report.dataset import dataset_name, is_imagenette
 from sota_ablate.report.formatting import format_points, pipe_table
 from sota_ablate.report.keys import param, tag
 from sota_ablate.report.markdown import FigureRef, Section
@@ -61,7 +62,7 @@ def overview(data: GridData) -> list[str]:
         f"profile `{p(schema.PROFILE, '?')}` ({_scale(data)}).",
         "",
         f"- Seeds: {seeds}; cells: {len(data.cells)}; status: {status}.",
-        f"- Data: {d('n_train')} training / {d('n_valid')} validation images, "
+        f"- Data: {dataset_name(data)}, {d('n_train')} training / {d('n_valid')} validation images, "
         f"{d('n_classes')} classes, source `{d('source')}`"
         + (f" ({d('variant', None)})" if d("source", None) == "imagenette" else "")
         + f", split `{d('split')}`, pre-size {d('presize')} px.",
@@ -90,8 +91,8 @@ def _evaluation_only() -> list[str]:
     return [t for t in technique_names() if not TECHNIQUES.get(t).trains]
 
 
-def summary_notes(summaries: Sequence[CellSummary], reference: str | None) -> list[str]:
-    """The summary table's footnotes."""
+def summary_notes(summaries: Sequence[CellSummary], reference: str | None, book: bool = True) -> list[str]:
+    """The summary table's footnotes (``book``: the table has the published column, Imagenette only)."""
     judged = [f"`{key}`" for _, key in judging_metrics()]
     own_columns = ""
     if judged:
@@ -105,7 +106,7 @@ def summary_notes(summaries: Sequence[CellSummary], reference: str | None) -> li
         f"best cell use the plain (centre-crop) accuracy{own_columns}.",
         "epoch time, wall time, images/s: means over seeds (wall time: the whole run"
         + (f", {evaluation} included)." if evaluation else ")."),
-        PUBLISHED_NOTE,
+        *([PUBLISHED_NOTE] if book else []),
     ]
     best = best_cell(summaries)
     if best:
@@ -232,14 +233,15 @@ EFFECT_INTROS = {
 }
 
 
-def effect_points(found: Sequence[effects.TechniqueEffect], prefix: str = "") -> list[EffectPoint]:
-    """The forest plot's rows: each effect in its technique's colour, with the book's effect where it has one."""
+def effect_points(found: Sequence[effects.TechniqueEffect], prefix: str = "", book: bool = True) -> list[EffectPoint]:
+    """The forest plot's rows: each effect in its technique's colour, with the book's effect where it has one
+    (``book``: the data is Imagenette, which the book's effects are about)."""
     colours = technique_colours()
     out = []
     for e in found:
         if math.isnan(e.accuracy.delta):
             continue
-        book = published_effect(e.technique)
+        published = published_effect(e.technique) if book else None
         label = f"{prefix}{e.technique}" + ("" if e.metric == "accuracy" else f" ({e.metric})")
         out.append(
             EffectPoint(
@@ -250,7 +252,7 @@ def effect_points(found: Sequence[effects.TechniqueEffect], prefix: str = "") ->
                 colour=colours.get(e.technique, "#888888"),
                 time_ratio=e.time_ratio,
                 confounded=not e.equal_budget,
-                book=book.delta if book else math.nan,
+                book=published.delta if published else math.nan,
             )
         )
     return out
@@ -261,17 +263,19 @@ def verdict_section(data: GridData, writer: FigureWriter, band: float) -> Sectio
     found = effects.technique_effects(data)
     if not found:
         return None
-    table = synthesis.verdict_markdown([synthesis.GridEffects(data.grid, "", tuple(found))], band)
+    book = is_imagenette(data)
+    table = synthesis.verdict_markdown([synthesis.GridEffects(data.grid, "", tuple(found), book)], band)
     section = Section(title="Verdict", table=table)
-    section.effect += [f"- {n}" for n in synthesis.verdict_notes(band)]
+    section.effect += [f"- {n}" for n in synthesis.verdict_notes(band, book)]
     section.effect.append(verdicts.mde_sentence([e.accuracy for e in found if e.equal_budget], band))
-    points = effect_points(found)
+    points = effect_points(found, book=book)
     fig = writer.save(
         GLANCE_FILES["verdict"],
         lambda: result_plots.plot_effects(points, f"{data.grid}: what each technique is worth", band),
-        "each technique's effect with its 95% interval, the book's effect marked",
-        f"Each technique's effect with its 95% interval, in its colour; grey band: ±{100 * band:g} point; black "
-        "cross: the book's effect; diamonds: the cells compared trained different numbers of epochs.",
+        "each technique's effect with its 95% interval" + (", the book's effect marked" if book else ""),
+        f"Each technique's effect with its 95% interval, in its colour; grey band: ±{100 * band:g} point; "
+        + ("black cross: the book's effect; " if book else "")
+        + "diamonds: the cells compared trained different numbers of epochs.",
     )
     if fig is not None:
         section.figures.append(fig)
@@ -370,7 +374,7 @@ def effects_section(
     if pairs:
         section.effect.append("Pairs compared: " + " ".join(pairs))
     section.effect += per_image_lines(data, found, names or {})
-    points = effect_points(found)
+    points = effect_points(found, book=is_imagenette(data))
     fig = writer.save(
         GLANCE_FILES["cost"],
         lambda: result_plots.plot_cost_effect(points, f"{data.grid}: effect against its cost in wall time"),

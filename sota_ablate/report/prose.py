@@ -17,7 +17,7 @@ from sota_ablate.report.formatting import format_accuracy, format_band, format_d
 if TYPE_CHECKING:
     from sota_ablate.report.tables import CellSummary
 
-BASELINE_TITLE = "Imagenette baseline"
+BASELINE_TITLE = "{dataset} baseline"  # .format(dataset=...): the grid's dataset (report/dataset.py)
 BASELINE_INTRO = (
     "The chapter trains an xresnet from scratch on Imagenette with `fit_one_cycle(5, 3e-3)` and no input "
     "normalisation. Every other cell is compared with this one."

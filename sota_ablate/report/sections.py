@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from sota_ablate import schema
+from sota_ablate.data.names import IMAGENETTE
 from sota_ablate.grid import load_grid
 from sota_ablate.report import keys
 from sota_ablate.report.collect import GridData
+from sota_ablate.report.dataset import dataset_name, is_imagenette
 from sota_ablate.report.markdown import Section, details
 from sota_ablate.report.prose import (
     ABSENT_TITLE,
@@ -109,8 +111,9 @@ class Step:
     timing: bool = False
 
 
-def chapter_steps() -> list[Step]:
-    """The baseline, every registered technique's section in the chapter's order, all techniques combined."""
+def chapter_steps(dataset: str = "Imagenette") -> list[Step]:
+    """The baseline (titled after ``dataset``), every registered technique's section in the chapter's order, all
+    techniques combined."""
     reports = {name: cls.report for name, cls in TECHNIQUES.entries().items() if cls.report is not None}
     orders = {name: TECHNIQUES.get(name).order for name in reports}
 
@@ -118,7 +121,8 @@ def chapter_steps() -> list[Step]:
         step = reports[name].chapter_step
         return (step is None, step or 0, orders[name], name)
 
-    steps = [Step(BASELINE_TITLE, BASELINE_INTRO, frozenset(), "baseline")]
+    intro = BASELINE_INTRO if dataset == IMAGENETTE else f"{BASELINE_INTRO} Here the same recipe runs on {dataset}."
+    steps = [Step(BASELINE_TITLE.format(dataset=dataset), intro, frozenset(), "baseline")]
     for name in sorted(reports, key=place):
         report = reports[name]
         steps.append(Step(report.title, report.intro, frozenset({name}), name, report, report.timing))
@@ -215,7 +219,8 @@ def build_sections(
     taken: set[str] = set()
     out = ChapterSections([], [])
     absent: list[Step] = []
-    for step in chapter_steps():
+    book = is_imagenette(data)
+    for step in chapter_steps(dataset_name(data)):
         cell = match_cell(data, step, taken)
         if cell is None:  # e.g. a leave-one-out grid has no cell for this step of the chapter
             absent.append(step)
@@ -226,7 +231,7 @@ def build_sections(
         section = Section(title=step.title, intro=intro, cell=cell)
         epoch_section(data, cell, section)
         section.effect += _comparison(summary, ref, reference, step.timing, band)
-        section.book = book_lines(data.technique_set(cell))
+        section.book = book_lines(data.technique_set(cell)) if book else ""
         if step.report is not None and step.report.build is not None:
             ctx = TechniqueContext(data, section, writer, reference, dataset, dataset_note, class_names)
             step.report.build(ctx)

@@ -50,6 +50,7 @@ class GridEffects:
     grid: str
     link: str
     effects: tuple[TechniqueEffect, ...]
+    book: bool = True  # the grid ran on Imagenette, which the book's effects are about
 
 
 def recommendation(found: Sequence[tuple[str, TechniqueEffect]], band: float) -> str:
@@ -107,7 +108,8 @@ def verdict_markdown(grids: Sequence[GridEffects], band: float = verdicts.DEFAUL
         what = grid_measure(g.effects)
         name = f"[`{g.grid}`]({g.link})" if g.link else f"`{g.grid}`"
         header.append(f"{name}: {what}")
-    header += ["book's effect", "wall time", "recommendation"]
+    book_column = any(g.book for g in grids)
+    header += [*(["book's effect"] if book_column else []), "wall time", "recommendation"]
     rows = []
     for technique in _techniques(grids):
         found = [(g.grid, e) for g in grids for e in g.effects if e.technique == technique]
@@ -119,7 +121,7 @@ def verdict_markdown(grids: Sequence[GridEffects], band: float = verdicts.DEFAUL
             [
                 f"`{technique}`",
                 *[_cell(by_grid[g.grid], band) for g in grids],
-                book.text if book else "-",
+                *([book.text if book else "-"] if book_column else []),
                 format_ratio(ratios[0]) if ratios else "-",
                 recommendation(found, band),
             ]
@@ -127,9 +129,9 @@ def verdict_markdown(grids: Sequence[GridEffects], band: float = verdicts.DEFAUL
     return pipe_table(header, rows)
 
 
-def verdict_notes(band: float = verdicts.DEFAULT_BAND) -> list[str]:
-    """The footnotes of the verdict table."""
-    return [
+def verdict_notes(band: float = verdicts.DEFAULT_BAND, book: bool = True) -> list[str]:
+    """The footnotes of the verdict table (``book``: it has the book's effect column)."""
+    notes = [
         "Effects are in accuracy points (1 point = 0.01 accuracy) with their 95% interval over seeds, paired by seed; "
         f"verdicts: **helps** / **hurts** (the interval excludes zero), *no effect larger than ±{format_band(band)}* "
         "(the interval lies inside that band), *inconclusive* (it crosses zero and the band), *confounded* (the "
@@ -140,3 +142,4 @@ def verdict_notes(band: float = verdicts.DEFAULT_BAND) -> list[str]:
         "that are not confounded; the time ratio is mentioned when it is below "
         f"{format_ratio(FAST)} or above {format_ratio(SLOW)}.",
     ]
+    return notes if book else [n for n in notes if not n.startswith("book's effect")]

@@ -21,6 +21,7 @@ from sota_ablate.progress import format_time
 from sota_ablate.report import keys, stats
 from sota_ablate.report.collect import GridData
 from sota_ablate.report.comparison import CellDelta, cell_budget, cell_delta, total_epochs
+from sota_ablate.report.dataset import is_imagenette
 from sota_ablate.report.formatting import format_accuracy, format_count, format_difference, format_duration, pipe_table
 from sota_ablate.report.published import published_text
 from sota_ablate.techniques import get_technique, label, technique_names
@@ -148,6 +149,7 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
     """One summary per cell of the grid, in grid order."""
     base_acc = data.values(baseline, keys.FINAL_ACCURACY) if baseline else {}
     judging = judging_metrics()
+    book = is_imagenette(data)  # the published column holds the book's Imagenette numbers
     out = []
     for cell in data.cells:
         techniques = data.technique_set(cell)
@@ -182,7 +184,7 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
                 images_per_s=_mean_of(data.values(cell, keys.metric(schema.MEAN_IMAGES_PER_S))),
                 device=str(device),
                 dtype=str(data.first(cell, keys.param(schema.DTYPE)) or "-"),
-                published=published_text(techniques),
+                published=published_text(techniques) if book else "-",
             )
         )
     return out
@@ -260,10 +262,16 @@ def delta_text(delta: CellDelta | None) -> str:
     return text if delta.metric == "accuracy" else f"{text} ({delta.metric})"
 
 
-def summary_markdown(summaries: Sequence[CellSummary], baseline: str | None) -> str:
+def summary_markdown(summaries: Sequence[CellSummary], baseline: str | None, published: bool = True) -> str:
+    """The summary table; without the ``published`` column when the book's numbers do not apply (not Imagenette)."""
     header = summary_header(baseline)
     align = "lllrrl" + "l" * (len(header) - 14) + "rrrrllll"
-    return pipe_table(header, summary_rows(summaries, baseline), align=align)
+    rows = summary_rows(summaries, baseline)
+    if not published:
+        drop = header.index("published")
+        header, align = header[:drop] + header[drop + 1 :], align[:drop] + align[drop + 1 :]
+        rows = [row[:drop] + row[drop + 1 :] for row in rows]
+    return pipe_table(header, rows, align=align)
 
 
 # ---------------------------------------------------------------------------------------------------------------
