@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(p)
     p.add_argument("--cells", default=None, help="only these cells, comma-separated (e.g. baseline,mixup)")
+    _add_precision_options(p)
     _add_executor_options(p)
     p = sub.add_parser("run", parents=store, help="train one cell of a grid", description="Train one cell of a grid.")
     p.add_argument("--cell", required=True, help="the cell's name in the grid file, e.g. baseline")
@@ -192,6 +193,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0: any free port)")
     return parser
+
+
+def _add_precision_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("seeds for a precision (Stein's two-stage procedure)")
+    g.add_argument(
+        "--precision",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="after the grid's seeds (the pilot, at least 3), run extra seeds for the cells of every comparison "
+        "whose 95%% interval would be wider than +-POINTS accuracy points",
+    )
+    g.add_argument(
+        "--max-seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --precision: at most N seeds per cell, pilot included (default 10)",
+    )
+
+
+def _precision_target(args: argparse.Namespace, n_seeds: int) -> Any:
+    """The ``precision.Target`` of ``--precision``/``--max-seeds`` (None without them), checked."""
+    from sota_ablate.precision import DEFAULT_MAX_SEEDS, Target, check_target
+
+    if getattr(args, "precision", None) is None:
+        if getattr(args, "max_seeds", None) is not None:
+            raise CliError("--max-seeds needs --precision POINTS (e.g. --precision 1 --max-seeds 10)")
+        return None
+    target = Target(args.precision, DEFAULT_MAX_SEEDS if args.max_seeds is None else args.max_seeds)
+    check_target(target, n_seeds)
+    return target
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -357,6 +390,8 @@ def _run(args: argparse.Namespace) -> int:
     data_cfg.validate()
     if not (args.epochs_scale > 0 and math.isfinite(args.epochs_scale)):
         raise CliError(f"--epochs-scale {args.epochs_scale}: use a positive number")
+    seeds = _parse_seeds(args.seeds)
+    target = _precision_target(args, len(seeds or grid.seeds))
     opts = RunOptions(
         profile=profile,
         data=data_cfg,
@@ -367,10 +402,11 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),
         overrides=_parse_sets(args.set),
+        precision=target,
     )
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
     try:
-        outcome = run_grid(grid, opts, tracker, seeds=_parse_seeds(args.seeds), executor=executor)
+        outcome = run_grid(grid, opts, tracker, seeds=seeds, executor=executor)
     finally:
         if executor is not None:
             executor.close()

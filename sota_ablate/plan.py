@@ -29,6 +29,7 @@ from sota_ablate import schema
 from sota_ablate.config import ConfigError, TrainConfig, apply_overrides, config_hash, flatten, scale_epoch_count
 from sota_ablate.data import DataConfig
 from sota_ablate.grid import Cell, Grid, GridError
+from sota_ablate.precision import Target
 from sota_ablate.profiles import Profile
 from sota_ablate.registry import UnknownNameError
 from sota_ablate.techniques import Technique, create_techniques, label
@@ -54,6 +55,9 @@ class RunOptions:
     # Epoch checkpoints (``train/checkpoint.py``). run_grid fills in the default (``checkpoints/`` next to a
     # sqlite store, else in the working directory); None when calling run_cell directly: no checkpoints.
     checkpoint_dir: str | None = None
+    # run-grid --precision: extra seeds after the grid's (the pilot) until each comparison's 95% interval is
+    # narrow enough (``precision.py``); part of the grid's identity when set.
+    precision: Target | None = None
 
 
 def data_identity(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,4 +247,6 @@ def grid_identity(grid: Grid, opts: RunOptions, seeds: Sequence[int], data_info:
         "overrides": opts.overrides,
         "data": data_identity(data_info),
     }
+    if opts.precision is not None:  # only when set: grid runs without --precision keep their hash
+        payload["precision"] = [opts.precision.half_width, opts.precision.max_seeds]
     return config_hash(payload)

@@ -20,6 +20,7 @@ from sota_ablate.report.illustrations import find_dataset
 from sota_ablate.report.keys import param
 from sota_ablate.report.markdown import Report, render
 from sota_ablate.report.palette import cell_colours
+from sota_ablate.report.precision import precision_section
 from sota_ablate.report.sections import build_sections, technique_colours
 from sota_ablate.report.tables import cell_summary, find_reference, summary_markdown
 from sota_ablate.report.verdicts import DEFAULT_BAND
@@ -97,7 +98,7 @@ def generate_report(
         summary_notes=overview.summary_notes(summaries, reference),
         honesty=honesty,
         glance=glance,
-        sections=([worth] if worth is not None else []) + chapter.sections,
+        sections=[s for s in (worth, precision_section(data)) if s is not None] + chapter.sections,
         provenance=overview.provenance(data, all_seeds, getattr(tracker, "experiment_name", "sota_ablate")),
         opening=opening,
     )
