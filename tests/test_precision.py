@@ -90,8 +90,11 @@ seeds = [0, 1, 2]
 name = "baseline"
 techniques = []
 [[cells]]
-name = "ls"
-techniques = ["label_smoothing"]
+name = "mix"
+techniques = ["mixup"]
+lr = 0.05
+[overrides.baseline]
+lr = 0.05
 """
 
 
@@ -111,13 +114,14 @@ def test_smoke_grid_runs_the_extra_seeds_once(tmp_path: Path, image_folder: Path
     assert len(parent) == 1 and parent.iloc[0]["tags.sota_ablate.complete"] == "true", first
     plan = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent.iloc[0]["run_id"],
                                                                artifact_path="precision.json")).read_text())  # fmt: skip
-    (ls,) = plan["comparisons"]
-    assert ls["s0_points"] > 0, "the pilot has no spread on this folder: the test needs one"
-    assert ls["capped"] and ls["planned"] == 4 and plan["extra_runs"] == {"baseline": [3], "ls": [3]}
+    (mix,) = plan["comparisons"]
+    accuracy = children.set_index(["tags.cell", "tags.seed"])["metrics.final_accuracy"].to_dict()
+    assert mix["s0_points"] > 0, f"the pilot has no spread on this folder: the test needs one ({accuracy})"
+    assert mix["capped"] and mix["planned"] == 4 and plan["extra_runs"] == {"baseline": [3], "mix": [3]}
     assert parent.iloc[0]["params.precision.procedure"] == PROCEDURE
-    assert parent.iloc[0]["metrics.precision.planned_n.label_smoothing"] == 4
+    assert parent.iloc[0]["metrics.precision.planned_n.mixup"] == 4
     keys = sorted(zip(children["tags.cell"], children["tags.seed"], children["status"], strict=True))
-    assert keys == sorted((c, str(s), "FINISHED") for c in ("baseline", "ls") for s in range(4))  # extras once
+    assert keys == sorted((c, str(s), "FINISHED") for c in ("baseline", "mix") for s in range(4))  # extras once
     assert "capped at 4" in first
 
     assert main(args) == 0  # the same command again: the same grid run, nothing new
