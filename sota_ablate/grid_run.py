@@ -87,8 +87,8 @@ def run_grid(
         outcomes = _run_tasks(executor, tasks, job, parent, out)
         outcomes += [CellOutcome(p.cell, p.seed, "ELSEWHERE", busy[(p.cell, p.seed)]) for p in plans
                      if (p.cell, p.seed) in busy]  # fmt: skip
-        if opts.precision is not None:
-            extra = precision_plans(grid, opts, tracker, parent, plans, seeds, data.info, out)
+        extra = precision_plans(grid, opts, tracker, parent, plans, seeds, data.info, out) if opts.precision else []
+        if extra:  # the seeds --precision asks for beyond the pilot: cell runs of this grid run like the others
             done, busy = cell_runs(tracker, parent, checkpoints)
             tasks = [CellTask(p, done.get((p.cell, p.seed))) for p in extra if (p.cell, p.seed) not in busy]
             outcomes += _run_tasks(executor, tasks, job, parent, out)

@@ -90,8 +90,8 @@ seeds = [0, 1, 2]
 name = "baseline"
 techniques = []
 [[cells]]
-name = "mix"
-techniques = ["mixup"]
+name = "norm"
+techniques = ["normalize"]
 lr = 0.05
 [overrides.baseline]
 lr = 0.05
@@ -114,14 +114,14 @@ def test_smoke_grid_runs_the_extra_seeds_once(tmp_path: Path, image_folder: Path
     assert len(parent) == 1 and parent.iloc[0]["tags.sota_ablate.complete"] == "true", first
     plan = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent.iloc[0]["run_id"],
                                                                artifact_path="precision.json")).read_text())  # fmt: skip
-    (mix,) = plan["comparisons"]
+    (norm,) = plan["comparisons"]
     accuracy = children.set_index(["tags.cell", "tags.seed"])["metrics.final_accuracy"].to_dict()
-    assert mix["s0_points"] > 0, f"the pilot has no spread on this folder: the test needs one ({accuracy})"
-    assert mix["capped"] and mix["planned"] == 4 and plan["extra_runs"] == {"baseline": [3], "mix": [3]}
+    assert norm["s0_points"] > 0, f"the pilot has no spread on this folder: the test needs one ({accuracy})"
+    assert norm["capped"] and norm["planned"] == 4 and plan["extra_runs"] == {"baseline": [3], "norm": [3]}
     assert parent.iloc[0]["params.precision.procedure"] == PROCEDURE
-    assert parent.iloc[0]["metrics.precision.planned_n.mixup"] == 4
+    assert parent.iloc[0]["metrics.precision.planned_n.normalize"] == 4
     keys = sorted(zip(children["tags.cell"], children["tags.seed"], children["status"], strict=True))
-    assert keys == sorted((c, str(s), "FINISHED") for c in ("baseline", "mix") for s in range(4))  # extras once
+    assert keys == sorted((c, str(s), "FINISHED") for c in ("baseline", "norm") for s in range(4))  # extras once
     assert "capped at 4" in first
 
     assert main(args) == 0  # the same command again: the same grid run, nothing new
