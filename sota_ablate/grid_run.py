@@ -144,8 +144,8 @@ def precision_plans(
     wanted = {(cell, s) for cell, extra in runs.items() for s in extra}
     chosen = [p.bind(data_info) for p in make_plans(grid, all_seeds, opts, git_commit()) if (p.cell, p.seed) in wanted]
     total = len(pilot) + len(chosen)
-    print(f"precision: {len(chosen)} extra cell runs ({', '.join(f'{c} seeds {v[0]}-{v[-1]}' for c, v in runs.items())})",
-          file=out)  # fmt: skip
+    spans = [f"{c} seed {v[0]}" if len(v) == 1 else f"{c} seeds {v[0]}-{v[-1]}" for c, v in runs.items()]
+    print(f"precision: {len(chosen)} extra cell runs ({', '.join(spans)})", file=out)
     return [dataclasses.replace(p, index=len(pilot) + i, total=total) for i, p in enumerate(chosen, 1)]
 
 

@@ -23,10 +23,15 @@ def _values(data: GridData) -> dict[str, dict[str, dict[int, float]]]:
     return {c: {m: v for m in metrics if (v := data.values(c, keys.metric(m)))} for c in data.cells}
 
 
+def _metric(text: str) -> str:
+    """The metric in the report's words: ``accuracy`` for the plain accuracy (``comparison.metric_label``)."""
+    return text.replace(pairing.PLAIN, "accuracy")
+
+
 def _row(c: ComparisonPlan, values: dict, target: float) -> tuple[list[str], str]:
     """The table row of one comparison and its note ('' when none)."""
     if c.plan is None:
-        return [f"`{c.technique}`", c.metric, *["-"] * 7], f"`{c.technique}`: {c.reason}."
+        return [f"`{c.technique}`", _metric(c.metric), *["-"] * 7], f"`{c.technique}`: {c.reason}."
     p = c.plan
     effects = effect_points(c.technique, c.pairs, values)
     seeds = sorted(effects)[: p.planned]
@@ -46,7 +51,17 @@ def _row(c: ComparisonPlan, values: dict, target: float) -> tuple[list[str], str
         note = (
             f"`{c.technique}`: {n} of the {p.planned} planned seeds finished: rerun the same command to run the rest."
         )
-    row = [f"`{c.technique}`", c.metric, str(p.n0), f"{p.s0:.2f}", planned, str(n), interval, f"±{half:.2f}", met]
+    row = [
+        f"`{c.technique}`",
+        _metric(c.metric),
+        str(p.n0),
+        f"{p.s0:.2f}",
+        planned,
+        str(n),
+        interval,
+        f"±{half:.2f}",
+        met,
+    ]
     return row, note
 
 
@@ -72,7 +87,7 @@ def precision_section(data: GridData) -> Section | None:
               "effect [95% CI]", "achieved half-width", f"within ±{float(target):g}"]  # fmt: skip
     intro = (
         f"`run-grid --precision {float(target):g} --max-seeds {max_seeds}` asked for 95% intervals of half-width at "
-        f"most {float(target):g} accuracy points, with at most {max_seeds} seeds per cell. The seeds were chosen by "
+        f"most H = {float(target):g} accuracy points, with at most {max_seeds} seeds per cell. The seeds were chosen by "
         f"the {procedure} procedure: the grid's seeds {', '.join(map(str, pilot))} are the pilot; from their per-seed "
         "effects (paired by seed, in points) with sample standard deviation s₀ over n₀ seeds, the total is "
         "n = max(n₀, ⌈(t₀.₉₇₅,ₙ₀₋₁ · s₀ / H)²⌉), capped at the maximum, and the interval is "
