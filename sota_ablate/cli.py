@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=validate.name_list("--cells", "baseline,mixup"),
         help="only these cells, comma-separated (e.g. baseline,mixup)",
     )
+    _add_precision_options(p)
     _add_executor_options(p)
     p = sub.add_parser("run", parents=store, help="train one cell of a grid", description="Train one cell of a grid.")
     p.add_argument(
@@ -218,6 +219,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="port on 127.0.0.1 (default 5000; 0: any free port)",
     )
     return parser
+
+
+def _add_precision_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("seeds for a precision (Stein's two-stage procedure)")
+    g.add_argument(
+        "--precision",
+        type=validate.number("--precision", 0, 100, lo_open=True, example="1"),
+        default=None,
+        metavar="POINTS",
+        help="after the grid's seeds (the pilot, at least 3), run extra seeds for the cells of every comparison "
+        "whose 95%% interval would be wider than +-POINTS accuracy points",
+    )
+    g.add_argument(
+        "--max-seeds",
+        type=validate.number("--max-seeds", 3, 1000, integer=True, example="10"),
+        default=None,
+        metavar="N",
+        help="with --precision: at most N seeds per cell, pilot included (default 10)",
+    )
+
+
+def _precision_target(args: argparse.Namespace, n_seeds: int) -> Any:
+    """The ``precision.Target`` of ``--precision``/``--max-seeds`` (None without them), checked."""
+    from sota_ablate.precision import DEFAULT_MAX_SEEDS, Target, check_target
+
+    if getattr(args, "precision", None) is None:
+        if getattr(args, "max_seeds", None) is not None:
+            raise CliError("--max-seeds needs --precision POINTS (e.g. --precision 1 --max-seeds 10)")
+        return None
+    target = Target(args.precision, DEFAULT_MAX_SEEDS if args.max_seeds is None else args.max_seeds)
+    check_target(target, n_seeds)
+    return target
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -394,6 +427,7 @@ def _run(args: argparse.Namespace) -> int:
         data_kw["cache_dir"] = args.cache_dir
     data_cfg = DataConfig(**data_kw)
     data_cfg.validate()
+    target = _precision_target(args, len(args.seeds or grid.seeds))
     opts = RunOptions(
         profile=profile,
         data=data_cfg,
@@ -404,6 +438,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),
         overrides=dict(args.set),  # validate.setting, validate.UniqueSettings
+        precision=target,
     )
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
     try:

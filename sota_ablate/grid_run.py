@@ -24,6 +24,7 @@ from sota_ablate.executors.local import LocalExecutor
 from sota_ablate.grid import Grid
 from sota_ablate.lease import claim_tags, grid_filter, heartbeat, winner
 from sota_ablate.plan import CellPlan, RunOptions, equalise_compute, grid_identity, make_plans
+from sota_ablate.precision import PROCEDURE, check_target, extra_runs, plan_comparisons, plan_record
 from sota_ablate.progress import format_time
 from sota_ablate.resume import cell_runs, find_grid_run
 from sota_ablate.tracking import (
@@ -79,6 +80,8 @@ def _run_grid(
     executor = executor or LocalExecutor()
     out = opts.out or sys.stdout
     seeds = list(seeds or grid.seeds)
+    if opts.precision is not None:
+        check_target(opts.precision, len(seeds))
     plans = make_plans(grid, seeds, opts, git_commit())  # bad settings fail before the store or the data
     executor.check(tracker)  # e.g. Ray: a store every node can reach, before anything is created in it
     tracker.check()
@@ -100,15 +103,88 @@ def _run_grid(
             print(f"grid run {parent.run_id}: {len(done)} cell runs already finished, {len(busy)} being trained by "
                   "another process (--force starts a new grid run)", file=out)  # fmt: skip
         tasks = [CellTask(p, done.get((p.cell, p.seed))) for p in plans if (p.cell, p.seed) not in busy]
-        outcomes = _run_tasks(executor, tasks, GridJob(grid, opts, tracker, parent, data), parent, out)
+        job = GridJob(grid, opts, tracker, parent, data)
+        outcomes = _run_tasks(executor, tasks, job, parent, out)
         outcomes += [CellOutcome(p.cell, p.seed, "ELSEWHERE", busy[(p.cell, p.seed)]) for p in plans
                      if (p.cell, p.seed) in busy]  # fmt: skip
+        extra = precision_plans(grid, opts, tracker, parent, plans, seeds, data.info, out) if opts.precision else []
+        if extra:  # the seeds --precision asks for beyond the pilot: cell runs of this grid run like the others
+            done, busy = cell_runs(tracker, parent, checkpoints)
+            tasks = [CellTask(p, done.get((p.cell, p.seed))) for p in extra if (p.cell, p.seed) not in busy]
+            outcomes += _run_tasks(executor, tasks, job, parent, out)
+            outcomes += [CellOutcome(p.cell, p.seed, "ELSEWHERE", busy[(p.cell, p.seed)]) for p in extra
+                         if (p.cell, p.seed) in busy]  # fmt: skip
+            plans += extra
         wall = time.perf_counter() - t0
         outcomes.sort(key=lambda o: next(p.index for p in plans if (p.cell, p.seed) == (o.cell, o.seed)))
         finish_grid_run(tracker, parent, plans, wall, out)
     print(summary_table(outcomes), file=out)
     print(f"grid {grid.name}: {len(plans)} cell runs in {format_time(wall)}; parent run {parent.run_id}", file=out)
     return GridOutcome(parent.run_id, outcomes, wall)
+
+
+def precision_plans(
+    grid: Grid,
+    opts: RunOptions,
+    tracker: Tracker,
+    parent: Run,
+    pilot: Sequence[CellPlan],
+    seeds: Sequence[int],
+    data_info: dict,
+    out,
+) -> list[CellPlan]:
+    """The extra cell runs ``--precision`` asks for (``precision.py``), planned from the pilot's results in the
+    store and logged on the grid run (planned seeds per comparison, ``precision.json``); none until every pilot
+    cell run finished (a rerun plans them then)."""
+    target = opts.precision
+    assert target is not None
+    done, _ = cell_runs(tracker, parent, end_stale=False)
+    if any((p.cell, p.seed) not in done for p in pilot):
+        print("precision: the pilot did not finish on every cell and seed; the extra seeds are planned when a rerun "
+              "has finished it", file=out)  # fmt: skip
+        return []
+    cells = [(c.name, frozenset(c.techniques)) for c in grid.cells]
+    values = pilot_values(tracker, parent, [c.name for c in grid.cells], seeds)
+    comparisons = plan_comparisons(cells, values, seeds, target)
+    parent.log_metrics({schema.precision_planned_n(c.technique): c.plan.planned for c in comparisons
+                        if c.plan is not None}, step=0)  # fmt: skip
+    parent.log_dict(plan_record(comparisons, target, seeds), schema.PRECISION_JSON)
+    for c in comparisons:
+        if c.plan is None:
+            print(f"precision: {c.technique}: {c.reason}", file=out)
+            continue
+        capped = f", capped at {c.plan.max_seeds} (needs {c.plan.needed})" if c.plan.capped else ""
+        print(f"precision: {c.technique} ({c.metric}): pilot {c.plan.n0} seeds, s0 {c.plan.s0:.2f} points -> "
+              f"{c.plan.planned} seeds{capped}, half-width {c.plan.half_width(c.plan.planned):.2f} points "
+              f"(target {target.half_width:g}; {PROCEDURE})", file=out)  # fmt: skip
+    runs = extra_runs(comparisons, seeds)
+    if not runs:
+        return []
+    all_seeds = sorted({*seeds, *(s for extra in runs.values() for s in extra)})
+    wanted = {(cell, s) for cell, extra in runs.items() for s in extra}
+    chosen = [p.bind(data_info) for p in make_plans(grid, all_seeds, opts, git_commit()) if (p.cell, p.seed) in wanted]
+    total = len(pilot) + len(chosen)
+    spans = [f"{c} seed {v[0]}" if len(v) == 1 else f"{c} seeds {v[0]}-{v[-1]}" for c, v in runs.items()]
+    print(f"precision: {len(chosen)} extra cell runs ({', '.join(spans)})", file=out)
+    return [dataclasses.replace(p, index=len(pilot) + i, total=total) for i, p in enumerate(chosen, 1)]
+
+
+def pilot_values(
+    tracker: Tracker, parent: Run, cells: Sequence[str], seeds: Sequence[int]
+) -> dict[str, dict[str, dict[int, float]]]:
+    """cell -> summary metric -> seed -> value over the finished cell runs of ``parent`` for the pilot ``seeds``."""
+    df = tracker.search_runs(f"tags.`{schema.PARENT}` = '{parent.run_id}'")
+    values: dict[str, dict[str, dict[int, float]]] = {c: {} for c in cells}
+    for _, row in df.iterrows():
+        cell, seed = row.get(f"tags.{schema.CELL}"), int(row.get(f"tags.{schema.SEED}", -1))
+        if cell not in values or seed not in seeds or row.get(f"tags.{schema.COMPLETE}") != "true":
+            continue
+        if row["status"] != "FINISHED":
+            continue
+        for column, value in row.items():
+            if str(column).startswith("metrics.") and value == value and value is not None:
+                values[cell].setdefault(str(column)[len("metrics.") :], {})[seed] = float(value)
+    return values
 
 
 def open_grid_run(
@@ -183,6 +259,15 @@ def start_grid_run(
             schema.CELL_TECHNIQUES: {c.name: list(c.techniques) for c in grid.cells},
             schema.CHECKPOINT_DIR: str(opts.checkpoint_dir),
             **{schema.data_param(k): v for k, v in data_info.items()},
+            **(
+                {
+                    schema.PRECISION_HALF_WIDTH: opts.precision.half_width,
+                    schema.PRECISION_MAX_SEEDS: opts.precision.max_seeds,
+                    schema.PRECISION_PROCEDURE: PROCEDURE,
+                }
+                if opts.precision is not None
+                else {}
+            ),
         }
     )
     parent.log_dict({c.name: list(c.techniques) for c in grid.cells}, schema.CELL_TECHNIQUES_JSON)

@@ -34,6 +34,7 @@ from sota_ablate import budget, schema
 from sota_ablate.config import ConfigError, TrainConfig, apply_overrides, config_hash, flatten, scale_epoch_count
 from sota_ablate.data import DataConfig
 from sota_ablate.grid import Cell, Grid, GridError, SweepPoint
+from sota_ablate.precision import Target
 from sota_ablate.profiles import Profile
 from sota_ablate.registry import UnknownNameError
 from sota_ablate.techniques import Technique, create_techniques, label
@@ -60,6 +61,9 @@ class RunOptions:
     # Epoch checkpoints (``train/checkpoint.py``). run_grid fills in the default (``checkpoints/`` next to a
     # sqlite store, else in the working directory); None when calling run_cell directly: no checkpoints.
     checkpoint_dir: str | None = None
+    # run-grid --precision: extra seeds after the grid's (the pilot) until each comparison's 95% interval is
+    # narrow enough (``precision.py``); part of the grid's identity when set.
+    precision: Target | None = None
 
 
 def data_identity(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,4 +356,6 @@ def grid_identity(grid: Grid, opts: RunOptions, seeds: Sequence[int], data_info:
     }
     if grid.sweep is not None:  # only then: grids without a sweep keep the hashes of their earlier runs
         payload["sweep"] = repr(grid.sweep)
+    if opts.precision is not None:  # only when set: grid runs without --precision keep their hash
+        payload["precision"] = [opts.precision.half_width, opts.precision.max_seeds]
     return config_hash(payload)

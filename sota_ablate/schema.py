@@ -93,6 +93,10 @@ CELL_TECHNIQUES = "cell_techniques"
 EPOCHS_SCALE = "epochs_scale"
 DESCRIPTION = "description"
 PROFILE_DESCRIPTION = "profile.description"
+# run-grid --precision (``precision.py``): the target half-width in accuracy points, the seed cap, the procedure
+PRECISION_HALF_WIDTH = "precision.half_width_points"
+PRECISION_MAX_SEEDS = "precision.max_seeds"
+PRECISION_PROCEDURE = "precision.procedure"
 
 
 def tech_param(technique: str, field: str) -> str:
@@ -118,6 +122,12 @@ MEAN_IMAGES_PER_S = "mean_images_per_s"
 # A grid run's, at step 0.
 CELLS_FAILED = "cells_failed"
 CELLS_FINISHED = "cells_finished"
+
+
+def precision_planned_n(technique: str) -> str:
+    """The grid run's metric with the seeds Stein's plan gives a technique's comparison (capped at --max-seeds)."""
+    return safe_key(f"precision.planned_n.{technique}")
+
 
 VALID_TIME = "valid_time_s"
 # MLflow's own system metric (sampled while a run trains): the machine's CPU use in %, for the report's check of
@@ -174,6 +184,7 @@ PREDICTIONS = "predictions.npz"  # per validation image: label, path, plain (and
 GRID_FOLDER = "grid"  # the grid run's copy of its grid file: grid/<file name>
 CELL_TECHNIQUES_JSON = "cell_techniques.json"
 REPORT_FOLDER = "report"  # the report, logged to the grid run
+PRECISION_JSON = "precision.json"  # the grid run's --precision plan: every comparison's pilot, s0, planned n
 
 
 # Characters MLflow rejects in metric, param and tag keys (it allows alphanumerics, _ - . space : /).

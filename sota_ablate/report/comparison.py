@@ -19,12 +19,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sota_ablate import schema
+from sota_ablate import pairing, schema
 from sota_ablate.report import keys, stats
 from sota_ablate.report.collect import GridData
 from sota_ablate.techniques import TECHNIQUES
 
-PLAIN = schema.FINAL_ACCURACY
+PLAIN = pairing.PLAIN
 
 
 def total_epochs(stages: Any, fallback: int | None = None) -> int | None:
@@ -78,14 +78,8 @@ def cell_budget(data: GridData, cell: str) -> Budget:
     return Budget(epochs, _as_int(steps), images_seen(stages, n_train))
 
 
-def judged_by(technique: str) -> str | None:
-    """The metric that measures ``technique`` (its ``judged_by``; None: the plain accuracy or not registered)."""
-    return TECHNIQUES.get(technique).judged_by if technique in TECHNIQUES else None
-
-
-def trains(technique: str) -> bool:
-    """False for a technique that changes evaluation only (a cell with it trains like the cell without it)."""
-    return TECHNIQUES.get(technique).trains if technique in TECHNIQUES else True
+judged_by = pairing.judged_by
+trains = pairing.trains
 
 
 def metric_label(key: str) -> str:
@@ -133,18 +127,17 @@ def technique_metrics(data: GridData, technique: str, with_cell: str, without_ce
     """(key with, key without, reason) for measuring ``technique`` between the two cells (keys None: not
     compared, ``reason`` says why)."""
     judged = judged_by(technique)
-    if judged and _values(data, with_cell, judged) and _values(data, without_cell, judged):
-        return judged, judged, ""
-    if not trains(technique):
-        if judged and _values(data, with_cell, judged):
-            return judged, PLAIN, ""
+    judged_with = bool(judged and _values(data, with_cell, judged))
+    judged_without = bool(judged and _values(data, without_cell, judged))
+    key_with, key_without = pairing.metric_keys(technique, judged_with, judged_without)
+    if key_with is None:
         return (
             None,
             None,
             f"`{technique}` changes evaluation only, so `{with_cell}` and `{without_cell}` train identically, and "
             f"`{with_cell}` logged no {judged or 'metric of its own'}: not compared",
         )
-    return PLAIN, PLAIN, ""
+    return key_with, key_without, ""
 
 
 def compare_pair(data: GridData, technique: str, with_cell: str, without_cell: str) -> Comparison:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sota_ablate import pairing
 from sota_ablate.report import comparison, keys, stats, verdicts
 from sota_ablate.report.collect import GridData
 from sota_ablate.report.comparison import Budget, Comparison, cell_budget, judged_by
@@ -91,18 +92,8 @@ def matched_pairs(data: GridData, technique: str) -> list[tuple[str, str]]:
     When several cells share a technique set (e.g. ``tta`` and ``baseline`` in the chapter grid are both
     checked below), each set is represented by its first finished cell in grid order.
     """
-    by_set: dict[frozenset[str], str] = {}
-    for cell in data.cells:
-        if data.values(cell, keys.FINAL_ACCURACY):
-            by_set.setdefault(data.technique_set(cell), cell)
-    pairs = []
-    for techniques, with_cell in by_set.items():
-        if technique in techniques:
-            without = by_set.get(techniques - {technique})
-            if without is not None:
-                pairs.append((without, with_cell))
-    order = {c: i for i, c in enumerate(data.cells)}
-    return sorted(pairs, key=lambda p: (order[p[1]], order[p[0]]))
+    finished = [(c, data.technique_set(c)) for c in data.cells if data.values(c, keys.FINAL_ACCURACY)]
+    return pairing.matched_pairs(finished, technique)
 
 
 def _kind(data: GridData, pairs: list[tuple[str, str]]) -> str:

@@ -21,6 +21,7 @@ from sota_ablate.report.illustrations import find_dataset
 from sota_ablate.report.keys import param
 from sota_ablate.report.markdown import Report, render
 from sota_ablate.report.palette import cell_colours
+from sota_ablate.report.precision import precision_section
 from sota_ablate.report.sections import build_sections, technique_colours
 from sota_ablate.report.tables import cell_summary, find_reference, summary_markdown
 from sota_ablate.report.verdicts import DEFAULT_BAND
@@ -96,7 +97,8 @@ def generate_report(
         opening = overview.verdict_section(data, writer, band)
         chapter = build_sections(data, summaries, reference, writer, dataset, dataset_note, names, band)
         worth = overview.effects_section(data, writer, band, names)
-        body, used_dataset = ([worth] if worth is not None else []) + chapter.sections, chapter.used_dataset
+        body = [s for s in (worth, precision_section(data)) if s is not None] + chapter.sections
+        used_dataset = chapter.used_dataset
     honesty = honesty_notes(data, summaries, reference, compare_budgets=found_sweep is None)
     honesty += [f"**Figure:** {n}" for n in writer.notes]
     if used_dataset:

@@ -1,0 +1,156 @@
+"""run-grid --precision: Stein's two-stage seed count (scipy as the reference), the cap, zero variance, the plan
+of extra cell runs, and one smoke grid that runs its extra seeds once and a rerun that adds nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import scipy.stats
+
+from sota_ablate.cli import main
+from sota_ablate.precision import (
+    PROCEDURE,
+    PrecisionError,
+    Target,
+    check_target,
+    extra_runs,
+    plan_comparisons,
+    stein_plan,
+)
+
+
+def _reference_n(pilot: list[float], h: float) -> int:
+    """Stein's total sample size, written out with scipy/numpy."""
+    n0 = len(pilot)
+    s0 = float(np.std(pilot, ddof=1))
+    t = scipy.stats.t.ppf(0.975, n0 - 1)
+    return max(n0, math.ceil((t * s0 / h) ** 2))
+
+
+@pytest.mark.parametrize("pilot, h", [([1.0, 3.0, 2.0], 1.0), ([0.5, -1.5, 2.0, 4.0], 0.75), ([10, 12, 7, 9, 11], 2)])
+def test_seed_count_on_known_variances_matches_scipy(pilot, h):
+    plan = stein_plan(pilot, h, max_seeds=10_000)
+    assert plan.needed == _reference_n(pilot, h) and plan.planned == plan.needed and not plan.capped
+    assert plan.s0 == pytest.approx(np.std(pilot, ddof=1))
+    assert plan.t == pytest.approx(scipy.stats.t.ppf(0.975, len(pilot) - 1))
+    assert plan.half_width(plan.planned) <= h  # by construction
+    # pilot [1, 3, 2]: s0 = 1, t(0.975, 2) = 4.303, (4.303 / 1)^2 = 18.5 -> 19 seeds
+    if pilot == [1.0, 3.0, 2.0]:
+        assert plan.needed == 19
+
+
+def test_cap_and_zero_variance():
+    capped = stein_plan([1.0, 3.0, 2.0], 1.0, max_seeds=6)
+    assert capped.needed == 19 and capped.planned == 6 and capped.capped
+    assert (
+        capped.half_width(6) == pytest.approx(scipy.stats.t.ppf(0.975, 2) / math.sqrt(6)) and capped.half_width(6) > 1
+    )
+    flat = stein_plan([2.0, 2.0, 2.0], 0.1, max_seeds=10)
+    assert flat.s0 == 0 and flat.needed == flat.planned == 3
+    wide = stein_plan([1.0, 3.0, 2.0], 100.0, max_seeds=10)
+    assert wide.planned == 3  # a wide target needs no more than the pilot
+
+
+def test_bad_targets_name_the_fix():
+    with pytest.raises(PrecisionError, match="at least 3 seeds"):
+        check_target(Target(1.0), 2)
+    with pytest.raises(PrecisionError, match="--max-seeds 2"):
+        check_target(Target(1.0, 2), 3)
+    with pytest.raises(PrecisionError, match="positive"):
+        check_target(Target(math.nan), 3)
+
+
+def test_extra_seed_plan_for_a_small_grid():
+    """baseline / mixup / label_smoothing: mixup's pilot is noisy (needs seeds), label smoothing's is flat."""
+    cells = [("baseline", frozenset()), ("mixup", frozenset({"mixup"})), ("ls", frozenset({"label_smoothing"}))]
+    acc = "final_accuracy"
+    values = {
+        "baseline": {acc: {0: 0.50, 1: 0.50, 2: 0.50}},
+        "mixup": {acc: {0: 0.51, 1: 0.53, 2: 0.52}},  # effects 1, 3, 2 points: 19 seeds, capped at 5
+        "ls": {acc: {0: 0.52, 1: 0.52, 2: 0.52}},  # 2, 2, 2: no spread
+    }
+    plans = plan_comparisons(cells, values, [0, 1, 2], Target(1.0, 5))
+    by = {c.technique: c for c in plans}
+    assert set(by) == {"mixup", "label_smoothing"}
+    assert by["mixup"].pairs == (("baseline", "mixup"),) and by["mixup"].plan.needed == 19
+    assert by["mixup"].plan.planned == 5 and by["label_smoothing"].plan.planned == 3
+    assert extra_runs(plans, [0, 1, 2]) == {"baseline": [3, 4], "mixup": [3, 4]}
+    assert extra_runs(plans, [0, 4, 7]) == {"baseline": [8, 9], "mixup": [8, 9]}  # after the largest pilot seed
+
+
+GRID = """
+name = "prec"
+seeds = [0, 1, 2]
+[[cells]]
+name = "baseline"
+techniques = []
+[[cells]]
+name = "norm"
+techniques = ["normalize"]
+lr = 0.05
+[overrides.baseline]
+lr = 0.05
+"""
+
+
+def test_smoke_grid_runs_the_extra_seeds_once(tmp_path: Path, image_folder: Path, capsys):
+    grid = tmp_path / "prec.toml"
+    grid.write_text(GRID)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["run-grid", "--profile", "smoke", "--grid", str(grid), "--data", str(image_folder), "--tracking-uri", uri,
+            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress", "--precision", "0.01",
+            "--max-seeds", "4"]  # fmt: skip
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["sota_ablate"])
+    parent = runs[runs["tags.sota_ablate.role"] == "grid"]
+    children = runs[runs["tags.sota_ablate.role"] != "grid"]
+    assert len(parent) == 1 and parent.iloc[0]["tags.sota_ablate.complete"] == "true", first
+    plan = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent.iloc[0]["run_id"],
+                                                               artifact_path="precision.json")).read_text())  # fmt: skip
+    (norm,) = plan["comparisons"]
+    accuracy = children.set_index(["tags.cell", "tags.seed"])["metrics.final_accuracy"].to_dict()
+    assert norm["s0_points"] > 0, f"the pilot has no spread on this folder: the test needs one ({accuracy})"
+    assert norm["capped"] and norm["planned"] == 4 and plan["extra_runs"] == {"baseline": [3], "norm": [3]}
+    assert parent.iloc[0]["params.precision.procedure"] == PROCEDURE
+    assert parent.iloc[0]["metrics.precision.planned_n.normalize"] == 4
+    keys = sorted(zip(children["tags.cell"], children["tags.seed"], children["status"], strict=True))
+    assert keys == sorted((c, str(s), "FINISHED") for c in ("baseline", "norm") for s in range(4))  # extras once
+    assert "capped at 4" in first
+
+    assert main(args) == 0  # the same command again: the same grid run, nothing new
+    again = mlflow.search_runs(experiment_names=["sota_ablate"])
+    assert len(again) == len(runs)
+    assert "8 cell runs" in capsys.readouterr().out
+
+    from sota_ablate.report.generate import generate_report
+    from sota_ablate.tracking import Tracker
+
+    readme = generate_report(Tracker(uri, "sota_ablate"), out_dir=tmp_path / "reports", log_to_mlflow=False)
+    text = readme.read_text()
+    section = text[text.index("## Precision") :]
+    assert "Stein (1945) two-stage procedure" in section and "capped at 4; needs" in section
+    assert "the cap stopped it short" in section
+
+
+def test_cli_refuses_bad_precision_before_training(tmp_path: Path, image_folder: Path, capsys):
+    grid = tmp_path / "prec.toml"
+    grid.write_text(GRID)
+    base = ["run-grid", "--profile", "smoke", "--grid", str(grid), "--data", str(image_folder),
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--device", "cpu"]  # fmt: skip
+    for extra, message in [
+        (["--precision", "0"], "--precision 0.0: use a positive number"),
+        (["--precision", "inf"], "--precision inf"),
+        (["--precision", "1", "--max-seeds", "2"], "--max-seeds 2: use an integer at least"),
+        (["--precision", "1", "--seeds", "0,1"], "a pilot of at least 3 seeds"),
+        (["--max-seeds", "5"], "--max-seeds needs --precision"),
+    ]:
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
