@@ -128,7 +128,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/sota_ablate/cache)")
     t = p.add_argument_group("tracking and hardware")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    t.add_argument("--log-model", action="store_true", help="also log each cell's model weights")
+    t.add_argument(
+        "--log-model",
+        action="store_true",
+        help="also log each cell's model as an MLflow model (signature, input example) and its weights",
+    )
+    t.add_argument(
+        "--register-model",
+        metavar="NAME",
+        default=None,
+        help="log each cell's model (implies --log-model) and register it as a new version of model NAME",
+    )
     r = t.add_mutually_exclusive_group()
     r.add_argument(
         "--resume",
@@ -357,12 +367,16 @@ def _run(args: argparse.Namespace) -> int:
     data_cfg.validate()
     if not (args.epochs_scale > 0 and math.isfinite(args.epochs_scale)):
         raise CliError(f"--epochs-scale {args.epochs_scale}: use a positive number")
+    register = args.register_model
+    if register is not None and (not register.strip() or any(c in register for c in "/:")):
+        raise CliError(f"--register-model {register!r}: a model name must be non-empty and without '/' or ':'")
     opts = RunOptions(
         profile=profile,
         data=data_cfg,
         device=device,
         epochs_scale=args.epochs_scale,
-        log_model=args.log_model,
+        log_model=args.log_model or register is not None,
+        register_model=register,
         force=args.force,
         checkpoint_dir=args.checkpoint_dir,
         progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),

@@ -41,6 +41,13 @@ GIT_COMMIT = "git_commit"
 DEVICE = "device"
 PARENT = "mlflow.parentRunId"  # MLflow's own
 RUN_NAME = "mlflow.runName"  # MLflow's own
+NOTE = "mlflow.note.content"  # MLflow's own: a run's description (markdown), shown on its page
+# MLflow's own experiment tag that picks the UI's layout: a training experiment (runs, models), not GenAI's
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+DATASET_CONTEXT = "mlflow.data.context"  # MLflow's own tag of a run input: what the run used the dataset for
+DATASET_TRAINING = "training"
+DATASET_VALIDATION = "validation"
 
 
 def technique_tag(name: str) -> str:
@@ -152,6 +159,7 @@ PREDICTIONS = "predictions.npz"  # per validation image: label, path, plain (and
 GRID_FOLDER = "grid"  # the grid run's copy of its grid file: grid/<file name>
 CELL_TECHNIQUES_JSON = "cell_techniques.json"
 REPORT_FOLDER = "report"  # the report, logged to the grid run
+MODEL = "model"  # with --log-model: the cell's MLflow model (pytorch flavour, pt2, signature, input example)
 
 
 # Characters MLflow rejects in metric, param and tag keys (it allows alphanumerics, _ - . space : /).
