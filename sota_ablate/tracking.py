@@ -50,6 +50,11 @@ class TrackingError(RuntimeError):
 # predictions, the epoch table), a sqlite store grows by ~100 kB per run; this leaves room for a few hundred.
 MIN_FREE_BYTES = 256 * 2**20
 
+# The MLflow 3 UI's query parameter for its "Model training" view. MLflow 3.17's UI lays an experiment out by its
+# GenAI / Model training switch (GenAI by default, seen in headless Chromium: the experimentKind tag alone did not
+# change it), so links to the UI carry it; the experiment's ``mlflow.experimentKind`` tag is set as well.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
@@ -152,7 +157,7 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page in the UI of tracking server ``uri`` (password masked); None for any other store."""
     if uri.split(":", 1)[0].lower() not in ("http", "https"):
         return None
-    return f"{mask_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{mask_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_TRAINING_VIEW}"
 
 
 class _Protected:
