@@ -5,11 +5,14 @@
 - ``log_results``: after the last epoch, the summary metrics and the artifacts: ``config.json`` (the plan),
   ``epochs.csv`` and ``epochs.txt`` (the epoch table), ``learning_curve.png``, ``confusion_matrix.json``/``.png``,
   ``predictions.npz`` (per validation image: label, path, plain and TTA probabilities, for the report's
-  per-image statistics) and, with ``--log-model``, the weights.
+  per-image statistics) and, with ``--log-model``, the model: an MLflow model (``schema.MODEL``, images in [0, 1]
+  in, logits out, the cell's normalisation included) with its signature and an input example of two validation
+  images, registered under ``--register-model NAME`` when given, and the weights as a plain state dict.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import tempfile
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 from sota_ablate import run_figures, schema
-from sota_ablate.data import ImageData
+from sota_ablate.data import ImageData, valid_batches
 from sota_ablate.data.names import readable
 from sota_ablate.plan import CellPlan
 from sota_ablate.progress import epoch_table
@@ -112,6 +115,7 @@ def log_results(
     predictions: torch.Tensor | None,
     log_model: bool = False,
     probabilities: torch.Tensor | None = None,
+    register_model: str | None = None,
 ) -> None:
     """The summary metrics and every artifact of a finished cell run (``probabilities``: the last epoch's, per
     validation image; None when the run was resumed after its last epoch, whose checkpoint keeps only classes)."""
@@ -132,6 +136,27 @@ def log_results(
         log_predictions(run, data, probabilities, s.outputs)
     if log_model:
         run.log_state_dict(s.model.state_dict())
+        run.log_pytorch_model(Classifier(s), input_example(data, records[-1].size), register_model)
+
+
+class Classifier(torch.nn.Module):
+    """The trained model as it is validated: float32 images in [0, 1] (``[B, 3, H, W]``) -> logits, with the
+    cell's input normalisation, on the CPU (a copy: the training state is left as it is)."""
+
+    def __init__(self, s: TrainState) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(s.model).float().cpu().eval()
+        self.normalize = s.normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+
+def input_example(data: ImageData, size: int, n: int = 2) -> np.ndarray:
+    """The first ``n`` validation images at ``size`` px as the model gets them (float32 in [0, 1], NCHW); two, so
+    the exported model keeps its batch size free."""
+    x, _ = next(iter(valid_batches(data.valid, n, size)))
+    return x.float().cpu().contiguous().numpy()
 
 
 def predictions_npz(data: ImageData, plain: torch.Tensor, outputs: dict[str, torch.Tensor]) -> bytes:

@@ -27,6 +27,8 @@ from sota_ablate.models import count_parameters
 from sota_ablate.plan import CellPlan, RunOptions
 from sota_ablate.progress import ConsoleProgress, format_time
 from sota_ablate.resume import checkpoint_file, reopen, restorer, resumable_checkpoint
+from sota_ablate.run_datasets import data_specs
+from sota_ablate.run_notes import cell_note
 from sota_ablate.tracking import DiskFullError, Run, Tracker, mask_uri
 from sota_ablate.train.checkpoint import CheckpointWriter, delete_checkpoint, records_of
 from sota_ablate.train.loop import fit
@@ -67,7 +69,8 @@ def run_cell(
     if ckpt is not None:
         run = reopen(tracker, ckpt, claim_tags())
     else:
-        run = tracker.start_run(plan.run_name, tags={**plan.tags, **claim_tags()}, parent=parent, system_metrics=True)
+        tags = {**plan.tags, **claim_tags(), schema.NOTE: cell_note(plan)}
+        run = tracker.start_run(plan.run_name, tags=tags, parent=parent, system_metrics=True)
         holder, finished = winner(tracker, cell_filter(parent.run_id, plan.cell, plan.seed), run.run_id)
         if holder != run.run_id:
             run.discard()
@@ -98,6 +101,7 @@ def _train(
     try:
         run.log_params({**plan.params, schema.CHECKPOINT_DIR: opts.checkpoint_dir or "none"})
         data = _training_labels(plan, data, run, out)
+        run.log_datasets(data_specs(opts.data, data.info))
         torch.manual_seed(plan.seed)  # CPU and every CUDA device
         n_out = plan.train.n_out or len(data.classes)
         if n_out < len(data.classes):
@@ -125,12 +129,12 @@ def _train(
             print(f"{plan.run_name}: run {holder} of another process holds this cell; ours is withdrawn", file=out)
             return CellOutcome(plan.cell, plan.seed, "SKIPPED" if finished else "ELSEWHERE", holder)
         probabilities = logger.last.probabilities if logger.last is not None else None
-        log_results(run, plan, records, wall, s, data, predictions, opts.log_model, probabilities)
-        run.set_tags({schema.COMPLETE: "true"})
+        log_results(run, plan, records, wall, s, data, predictions, opts.log_model, probabilities, opts.register_model)
+        judged = judged_metrics(plan, s.final_metrics)
+        run.set_tags({schema.NOTE: cell_note(plan, records, wall, judged), schema.COMPLETE: "true"})
         run.end("FINISHED")
         if ckpt_file is not None:
             delete_checkpoint(ckpt_file)  # a finished cell needs none
-        judged = judged_metrics(plan, s.final_metrics)
         extras = "".join(f", {k} {v:.4f}" for k, v in judged.items())
         print(f"-> {plan.run_name}: accuracy {records[-1].accuracy:.4f}{extras} in {format_time(wall)}\n", file=out,
               flush=True)  # fmt: skip

@@ -138,7 +138,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=validate.device("--device"),
         help="auto (cuda if available), cpu, cuda, cuda:1, ...",
     )
-    t.add_argument("--log-model", action="store_true", help="also log each cell's model weights")
+    t.add_argument(
+        "--log-model",
+        action="store_true",
+        help="also log each cell's model as an MLflow model (signature, input example) and its weights",
+    )
+    t.add_argument(
+        "--register-model",
+        metavar="NAME",
+        default=None,
+        type=validate.model_name("--register-model", "xresnet-imagenette"),
+        help="log each cell's model (implies --log-model) and register it as a new version of model NAME",
+    )
     r = t.add_mutually_exclusive_group()
     r.add_argument(
         "--resume",
@@ -428,12 +439,14 @@ def _run(args: argparse.Namespace) -> int:
     data_cfg = DataConfig(**data_kw)
     data_cfg.validate()
     target = _precision_target(args, len(args.seeds or grid.seeds))
+    register = args.register_model
     opts = RunOptions(
         profile=profile,
         data=data_cfg,
         device=device,
         epochs_scale=args.epochs_scale,
-        log_model=args.log_model,
+        log_model=args.log_model or register is not None,
+        register_model=register,
         force=args.force,
         checkpoint_dir=args.checkpoint_dir,
         progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),

@@ -27,6 +27,8 @@ from sota_ablate.plan import CellPlan, RunOptions, equalise_compute, grid_identi
 from sota_ablate.precision import PROCEDURE, check_target, extra_runs, plan_comparisons, plan_record
 from sota_ablate.progress import format_time
 from sota_ablate.resume import cell_runs, find_grid_run
+from sota_ablate.run_datasets import data_specs
+from sota_ablate.run_notes import grid_note
 from sota_ablate.tracking import (
     DiskFullError,
     Run,
@@ -117,7 +119,7 @@ def _run_grid(
             plans += extra
         wall = time.perf_counter() - t0
         outcomes.sort(key=lambda o: next(p.index for p in plans if (p.cell, p.seed) == (o.cell, o.seed)))
-        finish_grid_run(tracker, parent, plans, wall, out)
+        finish_grid_run(tracker, parent, plans, wall, out, grid)
     print(summary_table(outcomes), file=out)
     print(f"grid {grid.name}: {len(plans)} cell runs in {format_time(wall)}; parent run {parent.run_id}", file=out)
     return GridOutcome(parent.run_id, outcomes, wall)
@@ -212,9 +214,12 @@ def open_grid_run(
     return parent
 
 
-def finish_grid_run(tracker: Tracker, parent: Run, plans: Sequence[CellPlan], wall: float, out) -> None:
+def finish_grid_run(
+    tracker: Tracker, parent: Run, plans: Sequence[CellPlan], wall: float, out, grid: Grid | None = None
+) -> None:
     """End the grid run unless another process still trains some of its cells: FINISHED (and complete) when
-    every cell x seed has a complete run, else FAILED. The counts come from the store, not this process."""
+    every cell x seed has a complete run, else FAILED. The counts come from the store, not this process, and so
+    does the summary table of the grid run's description (``grid``'s, when given)."""
     done, busy = cell_runs(tracker, parent, end_stale=False)
     missing = [p for p in plans if (p.cell, p.seed) not in done]
     parent.log_metrics({schema.WALL_TIME: wall, schema.CELLS_FAILED: len(missing) - len(busy),
@@ -223,9 +228,19 @@ def finish_grid_run(tracker: Tracker, parent: Run, plans: Sequence[CellPlan], wa
         print(f"grid run {parent.run_id} stays RUNNING: another process is still training {len(busy)} of its "
               "cells and ends it when done", file=out)  # fmt: skip
         return
+    if grid is not None:
+        children = tracker.search_runs(f"tags.`{schema.PARENT}` = '{parent.run_id}'")
+        judged = sorted({t.judged_by for p in plans for t in p.techniques if t.judged_by})
+        parent.set_description(_grid_note(grid, plans, children, judged))
     if not missing:
         parent.set_tags({schema.COMPLETE: "true"})
     parent.end("FAILED" if missing else "FINISHED")
+
+
+def _grid_note(grid: Grid, plans: Sequence[CellPlan], children=None, judged: Sequence[str] = ()) -> str:
+    seeds = sorted({p.seed for p in plans})
+    profile = plans[0].profile if plans else ""
+    return grid_note(grid.name, grid.description, [c.name for c in grid.cells], seeds, profile, children, judged)
 
 
 def start_grid_run(
@@ -243,6 +258,7 @@ def start_grid_run(
             schema.GIT_COMMIT: git_commit(),
             schema.DEVICE: opts.device.type,
             **sweep_tags(grid),
+            schema.NOTE: grid_note(grid.name, grid.description, [c.name for c in grid.cells], seeds, opts.profile.name),
         },
     )
     parent.log_params(
@@ -270,6 +286,7 @@ def start_grid_run(
             ),
         }
     )
+    parent.log_datasets(data_specs(opts.data, data_info))
     parent.log_dict({c.name: list(c.techniques) for c in grid.cells}, schema.CELL_TECHNIQUES_JSON)
     if grid.source and not grid.source.startswith("<"):
         with contextlib.suppress(OSError):

@@ -54,6 +54,7 @@ class RunOptions:
     device: torch.device
     epochs_scale: float = 1.0
     log_model: bool = False
+    register_model: str | None = None  # with log_model: the registered model's name (None: not registered)
     force: bool = False
     progress_bar: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)  # command-line recipe overrides (--set)

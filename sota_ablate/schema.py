@@ -54,6 +54,13 @@ SWEEP_ARM = "sweep_arm"  # the cell's arm: "mixup", or the reference ("baseline"
 SWEEP_REFERENCE = "sweep_reference"  # the arm every other is compared with
 BUDGET_UNIT = "budget_unit"  # budget grids only: "epochs" or "flops"
 RUN_NAME = "mlflow.runName"  # MLflow's own
+NOTE = "mlflow.note.content"  # MLflow's own: a run's description (markdown), shown on its page
+# MLflow's own experiment tag that picks the UI's layout: a training experiment (runs, models), not GenAI's
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+DATASET_CONTEXT = "mlflow.data.context"  # MLflow's own tag of a run input: what the run used the dataset for
+DATASET_TRAINING = "training"
+DATASET_VALIDATION = "validation"
 
 
 def technique_tag(name: str) -> str:
@@ -185,6 +192,7 @@ GRID_FOLDER = "grid"  # the grid run's copy of its grid file: grid/<file name>
 CELL_TECHNIQUES_JSON = "cell_techniques.json"
 REPORT_FOLDER = "report"  # the report, logged to the grid run
 PRECISION_JSON = "precision.json"  # the grid run's --precision plan: every comparison's pilot, s0, planned n
+MODEL = "model"  # with --log-model: the cell's MLflow model (pytorch flavour, pt2, signature, input example)
 
 
 # Characters MLflow rejects in metric, param and tag keys (it allows alphanumerics, _ - . space : /).

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-from sota_ablate.tracking import TrackingError, mask_uri
+from sota_ablate.tracking import UI_TRAINING_VIEW, TrackingError, mask_uri
 
 
 def is_server_uri(uri: str) -> bool:
@@ -141,6 +141,7 @@ def serve_ui(uri: str, port: int = 5000, out: IO[str] | None = None) -> int:
         raise TrackingError(f"port {port} on 127.0.0.1 is in use: pass --port N, or --port 0 for any free port")
     proc = start_server(uri, port)
     print(f"MLflow UI for {mask_uri(uri)}: http://127.0.0.1:{port}  (Ctrl-C stops it)", file=out, flush=True)
+    print(f"training runs: http://127.0.0.1:{port}/#/experiments?{UI_TRAINING_VIEW}", file=out, flush=True)
     try:
         proc.wait()
     except KeyboardInterrupt:

@@ -5,6 +5,11 @@ explicit run ids everywhere (no fluent active-run surprises), metrics logged per
 call (see shared mlflow-notes: ~40x cheaper than per-value logging), system metrics sampled by MLflow's own
 monitor. Default store: ``sqlite:///mlflow.db`` in the working directory, so a plain ``mlflow ui`` there
 shows the runs; ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` override it.
+
+MLflow's own features, not imitations of them: the experiment is tagged as model training (``mlflow.experimentKind``:
+the UI opens its training layout, not GenAI's), each run's description is MLflow's note (``set_description``), its
+training and validation sets are MLflow datasets (``log_datasets``: metadata only, one call), and ``--log-model``
+logs an MLflow model with a signature and input example (``log_pytorch_model``), registered when asked.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,11 @@ MIN_FREE_BYTES = 256 * 2**20
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # How a full disk reads in a message that lost its errno (sqlite, torch's serialiser, a tracking server's reply).
 DISK_FULL_TEXT = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+# The MLflow 3 UI's query parameter for its "Model training" view. MLflow 3.17's UI lays an experiment out by its
+# GenAI / Model training switch (GenAI by default, seen in headless Chromium: the experimentKind tag alone did not
+# change it), so links to the UI carry it; the experiment's ``mlflow.experimentKind`` tag is set as well.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
@@ -156,6 +168,32 @@ def _stringify(value: Any) -> str:
         value = list(value)
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return mask_uri(text)[:MAX_PARAM_LENGTH]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset a run used, as MLflow records it: metadata only (no data is copied).
+
+    Attributes:
+        name: shown in the UI's dataset column (e.g. ``imagenette-160px/train``).
+        digest: the data's fingerprint (at most 36 characters: MLflow's column).
+        source: where the data comes from: an ``http(s)://`` URL or a local path.
+        context: ``schema.DATASET_TRAINING`` or ``schema.DATASET_VALIDATION``.
+        profile: summary numbers (images, classes), shown with the dataset.
+    """
+
+    name: str
+    digest: str
+    source: str
+    context: str
+    profile: Mapping[str, Any] = field(default_factory=dict)
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the UI of tracking server ``uri`` (password masked); None for any other store."""
+    if uri.split(":", 1)[0].lower() not in ("http", "https"):
+        return None
+    return f"{mask_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_TRAINING_VIEW}"
 
 
 class _Protected:
@@ -263,6 +301,52 @@ class Run:
             torch.save(dict(state), buf)
             local.write_bytes(buf.getvalue())
             self.client.log_artifact(self.run_id, str(local), str(Path(path).parent))
+
+    def set_description(self, markdown: str) -> None:
+        """The run's description on its MLflow page (MLflow's note, markdown), replacing any earlier one."""
+        self.client.set_tag(self.run_id, schema.NOTE, mask_uri(markdown))
+
+    def log_datasets(self, specs: Sequence[DatasetSpec]) -> None:
+        """The run's datasets as MLflow inputs (the runs table's dataset column), in one call; a resumed run
+        that already has them logs nothing."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if self.resumed and self.client.get_run(self.run_id).inputs.dataset_inputs:
+            return
+        inputs = []
+        for spec in specs:
+            with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": the same one twice
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(spec.source)  # an HTTP URL or a local path
+            meta = MetaDataset(source, name=spec.name, digest=spec.digest[:36]).to_dict()
+            entity = Dataset(**meta, profile=json.dumps(dict(spec.profile)))
+            inputs.append(DatasetInput(entity, tags=[InputTag(schema.DATASET_CONTEXT, spec.context)]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_pytorch_model(self, model: Any, example: Any, registered_name: str | None = None) -> None:
+        """``model`` as the run's MLflow model (``schema.MODEL``; pytorch flavour, ``pt2``: torch.export), with
+        the signature inferred from ``example`` (a numpy batch of at least 2 inputs: the batch size stays free)
+        and its outputs, and that example; registered as a new version of ``registered_name`` when given."""
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        mlflow.set_tracking_uri(self.tracker.uri)
+        with protected():
+            mlflow.pytorch.log_model(
+                model,
+                name=schema.MODEL,
+                signature=infer_signature(example, output),
+                input_example=example,
+                serialization_format="pt2",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+                registered_model_name=registered_name,
+                run_id=self.run_id,
+            )
 
     def discard(self) -> None:
         """Withdraw a run that lost its claim (``lease.py``): stopped and deleted, never shown as a result."""
@@ -406,21 +490,32 @@ class Tracker:
         return outage(err, self.uri) if is_store_error(err) else None
 
     def experiment_id(self) -> str:
+        """The experiment's id; created when missing, tagged as model training (``schema.EXPERIMENT_KIND``: the UI's
+        training layout) when it is not yet."""
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment_name)
+            kind = {schema.EXPERIMENT_KIND: schema.EXPERIMENT_KIND_TRAINING}
             if exp is None:
                 # A sqlite store keeps its artifacts next to the database, never in ./mlruns of the cwd.
                 folder = local_store_folder(self.uri)
                 location = (folder / "mlartifacts").as_uri() if folder is not None else None
-                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment_name, artifact_location=location, tags=kind
+                )
             else:
                 if exp.lifecycle_stage == "deleted":
                     raise TrackingError(
                         f"experiment {self.experiment_name!r} is deleted in {mask_uri(self.uri)}; restore it "
                         "(mlflow experiments restore) or pass another --experiment"
                     )
+                if schema.EXPERIMENT_KIND not in exp.tags:  # made by an earlier version or by hand
+                    self.client.set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
                 self._experiment_id = exp.experiment_id
         return self._experiment_id
+
+    def run_url(self, run_id: str) -> str | None:
+        """The run's page when the store is a tracking server, else None (``run_url``)."""
+        return run_url(self.uri, self.experiment_id(), run_id)
 
     def start_run(
         self,

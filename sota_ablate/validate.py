@@ -191,6 +191,18 @@ def text(option: str, example: str) -> Validator:
     return Validator(option, _text, f"use e.g. {option} {example}")
 
 
+def model_name(option: str, example: str) -> Validator:
+    """A name in MLflow's model registry: text without ``/`` or ``:`` (they separate a model URI's parts)."""
+
+    def convert(text: str) -> str:
+        _text(text)
+        if any(c in text for c in "/:"):
+            _bad(f"{text!r} contains '/' or ':'")
+        return text
+
+    return Validator(option, convert, f"use a model name without '/' or ':', e.g. {option} {example}")
+
+
 def tracking_uri(option: str) -> Validator:
     """An MLflow store URI; a sqlite URI needs three slashes and a file (``sqlite:///mlflow.db``)."""
 

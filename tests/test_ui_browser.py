@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from sota_ablate import schema
 from sota_ablate.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,13 +81,22 @@ def test_ui_shows_the_grid_runs_in_chromium(store):
     try:
         base = _wait_for_url(log, proc)
         assert base.startswith("http://127.0.0.1:")
-        url = f"{base}/#/experiments/{experiment_id}/runs?orderByKey=attributes.run_name&orderByAsc=true"
-        names = [">chapter<", *(f">{c}<" for c in CELLS)]  # the parent run is named after the grid
+        url = (
+            f"{base}/#/experiments/{experiment_id}/runs?orderByKey=attributes.run_name&orderByAsc=true"
+            "&workflowType=machine_learning"  # the UI's "Model training" view (tracking.UI_TRAINING_VIEW)
+        )
+        # the parent run is named after the grid; the dataset column shows the training set
+        names = [">chapter<", *(f">{c}<" for c in CELLS), "images/train ("]
         for attempt in range(3):  # a loaded machine may need longer than one time budget for the app
             dom = _chromium(url, tmp / f"chromium-{attempt}", "--dump-dom").stdout
             if all(n in dom for n in names):
                 break
         assert all(n in dom for n in names), [n for n in names if n not in dom]
+        assert ">Evaluation runs<" not in dom  # the training layout, not GenAI's
+        parent = mlflow.search_runs([experiment_id], filter_string=f"tags.`{schema.ROLE}` = 'grid'").iloc[0]
+        page = f"{base}/#/experiments/{experiment_id}/runs/{parent.run_id}?workflowType=machine_learning"
+        run_dom = _chromium(page, tmp / "chromium-run", "--dump-dom").stdout
+        assert "The chapter" in run_dom and "final accuracy" in run_dom, "the grid run's description is missing"
         shot = tmp / "ui_experiment_page.png"
         _chromium(url, tmp / "chromium-shot", f"--screenshot={shot}")
         assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot"

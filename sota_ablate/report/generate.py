@@ -19,6 +19,7 @@ from sota_ablate.report.collect import ReportError, collect_grid, latest_grid_ru
 from sota_ablate.report.dataset import dataset_name, is_imagenette
 from sota_ablate.report.illustrations import find_dataset
 from sota_ablate.report.keys import param
+from sota_ablate.report.links import run_links
 from sota_ablate.report.markdown import Report, render
 from sota_ablate.report.palette import cell_colours
 from sota_ablate.report.precision import precision_section
@@ -107,7 +108,7 @@ def generate_report(
         title=f"{data.grid}: fastbook chapter 7, technique by technique"
         + ("" if book else f", on {dataset_name(data)}"),
         overview=overview.overview(data),
-        summary_table=summary_markdown(summaries, reference, published=book),
+        summary_table=_with_links(summary_markdown(summaries, reference, published=book), data, tracker),
         summary_notes=overview.summary_notes(summaries, reference, book),
         honesty=honesty,
         glance=glance,
@@ -123,6 +124,15 @@ def generate_report(
     if log_to_mlflow:
         tracker.log_artifacts(data.parent_id, folder, schema.REPORT_FOLDER)
     return readme
+
+
+def _with_links(table: str, data: Any, tracker: Any) -> str:
+    """The summary table and, below it, each cell run's MLflow page (``links.run_links``)."""
+    uri = getattr(tracker, "uri", None)
+    if not isinstance(uri, str) or not uri.lower().startswith(("http://", "https://")):
+        return table
+    links = run_links(data.runs, uri, tracker.find_experiment_id())
+    return f"{table}\n\n{links}" if links else table
 
 
 SYNTHESIS_FIGURE = "synthesis_forest.png"
