@@ -129,6 +129,27 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("tracking and hardware")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     t.add_argument("--log-model", action="store_true", help="also log each cell's model weights")
+    t.add_argument(
+        "--data-on",
+        choices=["auto", "device", "host"],
+        default="auto",
+        help="where the decoded images live: device (the GPU), host (pinned host memory, batches copied ahead), "
+        "or auto: device when cache + validation + training step fit its memory with headroom (default)",
+    )
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's train and eval steps (pays on a GPU for long cells; inductor caches the "
+        "compiled graphs across cells and runs)",
+    )
+    t.add_argument(
+        "--gpu-memory-gib",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="use at most this much CUDA memory (torch.cuda.set_per_process_memory_fraction), e.g. 16 to act "
+        "as a 16 GB card; the data placement plans within it",
+    )
     r = t.add_mutually_exclusive_group()
     r.add_argument(
         "--resume",
@@ -219,6 +240,14 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-retries", type=int, default=2, help="reruns of a cell whose Ray worker process died (default 2)"
+    )
+    g.add_argument(
+        "--cells-per-gpu",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --executor local on CUDA: train N cells at once on the GPU, each in its own process with 1/N "
+        "of its memory (default 1: one after another in this process)",
     )
 
 
@@ -326,7 +355,8 @@ def _run(args: argparse.Namespace) -> int:
     from sota_ablate.tracking import Tracker, resolve_tracking_uri
 
     executor = _executor(args)
-    device = _device(args.device) if executor is None else executor.device(args.device)
+    local = executor is None or executor.name == "local"
+    device = _device(args.device) if local else executor.device(args.device)
     if args.profile is None:
         name, why = default_profile(device.type == "cuda")
         print(f"profile: {name} ({why}; choose with --profile)")
@@ -357,6 +387,8 @@ def _run(args: argparse.Namespace) -> int:
     data_cfg.validate()
     if not (args.epochs_scale > 0 and math.isfinite(args.epochs_scale)):
         raise CliError(f"--epochs-scale {args.epochs_scale}: use a positive number")
+    cells_per_gpu = _cells_per_gpu(args, device)
+    gpu_memory = _gpu_memory(args.gpu_memory_gib, device)
     opts = RunOptions(
         profile=profile,
         data=data_cfg,
@@ -367,6 +399,10 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),
         overrides=_parse_sets(args.set),
+        data_on=args.data_on,
+        compile=args.compile,
+        cells_per_gpu=cells_per_gpu,
+        gpu_memory_bytes=gpu_memory,
     )
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
     try:
@@ -381,9 +417,48 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cells_per_gpu(args: argparse.Namespace, device: Any) -> int:
+    """``--cells-per-gpu``, checked: N > 1 only with the local executor on CUDA."""
+    n = getattr(args, "cells_per_gpu", 1)
+    if n < 1:
+        raise CliError(f"--cells-per-gpu {n}: use 1 or more")
+    if n > 1 and getattr(args, "executor", "local") != "local":
+        raise CliError(
+            f"--cells-per-gpu {n} is for --executor local; with Ray give each cell a fraction of a GPU instead "
+            f"(--gpus-per-cell {1 / n:g})"
+        )
+    if n > 1 and device.type != "cuda":
+        raise CliError(
+            f"--cells-per-gpu {n}: the cells train on {device.type}, not a GPU; on a CPU one cell already uses "
+            "every core, so several at once would not be faster. Drop the option or use a CUDA device."
+        )
+    return n
+
+
+def _gpu_memory(gib: float | None, device: Any) -> int | None:
+    """``--gpu-memory-gib`` in bytes, applied to this process now (workers apply their share themselves)."""
+    if gib is None:
+        return None
+    if not (gib > 0 and math.isfinite(gib)):
+        raise CliError(f"--gpu-memory-gib {gib}: use a positive number of GiB, e.g. 16")
+    if device.type != "cuda":
+        raise CliError(f"--gpu-memory-gib: the cells train on {device.type}; it caps CUDA memory only")
+    from sota_ablate.data.placement import limit_gpu_memory
+
+    try:
+        limit_gpu_memory(device, int(gib * 2**30))
+    except ValueError as err:
+        raise CliError(f"--gpu-memory-gib {gib}: {err}") from None
+    return int(gib * 2**30)
+
+
 def _executor(args: argparse.Namespace) -> Any:
-    """The RayExecutor for ``--executor ray``, None for local."""
+    """The RayExecutor for ``--executor ray``, None for local (a LocalExecutor for --cells-per-gpu > 1)."""
     if getattr(args, "executor", "local") != "ray":
+        if getattr(args, "cells_per_gpu", 1) > 1:
+            from sota_ablate.executors.local import LocalExecutor
+
+            return LocalExecutor(cells_per_gpu=args.cells_per_gpu)
         return None
     from sota_ablate.executors.ray import RayExecutor, RaySettings
 

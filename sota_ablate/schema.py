@@ -63,6 +63,9 @@ EPOCH_METRIC_KEYS = "epoch_metric_keys"  # the per-epoch metrics this run logs (
 TRAIN_FLOPS = "train_flops"  # forward + backward FLOPs of all training steps (train/flops.py)
 TRAIN_IMAGES = "train_images"  # training images seen (with repeats), over all stages
 OPTIMIZER_STEPS = "optimizer_steps"
+PLACEMENT_PREFIX = "placement."  # where the data lived (``data/placement.py``): placement.data_on, .cache_bytes, ...
+COMPILE = "compile"  # torch.compile of the model's train and eval steps (--compile): true | false
+CELLS_PER_GPU = "cells_per_gpu"  # cells trained at once on one GPU (--cells-per-gpu)
 # the grid run's
 GRID_FILE = "grid_file"
 SEEDS = "seeds"
@@ -83,6 +86,11 @@ def train_param(field: str) -> str:
 
 def data_param(field: str) -> str:
     return f"{DATA_PREFIX}{field}"
+
+
+def placement_param(field: str) -> str:
+    """``placement.<field>``: the data placement's decision and bytes (``Placement.params``)."""
+    return f"{PLACEMENT_PREFIX}{field}"
 
 
 # --- Metrics -------------------------------------------------------------------------------------------------------

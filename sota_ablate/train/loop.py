@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from sota_ablate.config import TrainConfig
 from sota_ablate.data import steps_per_epoch, train_loader
 from sota_ablate.train.evaluate import evaluate
 from sota_ablate.train.optim import reset_state, set_hyper
@@ -31,7 +32,11 @@ class NonFiniteLossError(FloatingPointError):
 
 def plan_stages(techniques: Sequence[Hooks], s: TrainState) -> list[Stage]:
     """The recipe's stages: one fit_one_cycle, then whatever ``plan`` hooks make of it."""
-    cfg = s.cfg
+    return stages_of(techniques, s.cfg)
+
+
+def stages_of(techniques: Sequence[Hooks], cfg: TrainConfig) -> list[Stage]:
+    """``plan_stages`` from the config alone (before any state exists: the data placement's sizes)."""
     stages = [
         Stage(
             name="train",
@@ -121,7 +126,7 @@ def fit(
                 if s.channels_last:
                     s.x = s.x.contiguous(memory_format=torch.channels_last)
                 with s.autocast():
-                    logits = s.model(s.x)
+                    logits = (s.forward or s.model)(s.x)
                 loss = s.loss_fn(logits.float(), s.y)
                 s.scaler.scale(loss).backward()
                 s.scaler.step(s.optimizer)
