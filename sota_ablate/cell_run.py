@@ -31,6 +31,7 @@ from sota_ablate.run_datasets import data_specs
 from sota_ablate.run_notes import cell_note
 from sota_ablate.tracking import DiskFullError, Run, Tracker, mask_uri
 from sota_ablate.train.checkpoint import CheckpointWriter, delete_checkpoint, records_of
+from sota_ablate.train.compiled import compile_forward
 from sota_ablate.train.loop import fit
 from sota_ablate.train.record import LoopObserver, Observers
 from sota_ablate.train.state import build_state
@@ -107,7 +108,17 @@ def _train(
         if n_out < len(data.classes):
             raise ValueError(f"n_out = {n_out} is smaller than the {len(data.classes)} classes in the data")
         s = build_state(plan.train, data, opts.device, n_out)
-        run.log_params({schema.MODEL_PARAMETERS: count_parameters(s.model), schema.MODEL_N_OUT: n_out})
+        if opts.compile:
+            s.forward = compile_forward(s.model, cache_dir=opts.data.cache_root())
+        run.log_params(
+            {
+                schema.MODEL_PARAMETERS: count_parameters(s.model),
+                schema.MODEL_N_OUT: n_out,
+                schema.COMPILE: opts.compile,
+                schema.CELLS_PER_GPU: opts.cells_per_gpu,
+                **(data.placement.params() if data.placement is not None else {}),
+            }
+        )
         logger = EpochLogger(run, plan, records=restored)
         extra = [k for t in plan.techniques for k in t.epoch_metric_keys]
         console = ConsoleProgress(plan.run_name, stream=out, bar=opts.progress_bar, extra=extra)

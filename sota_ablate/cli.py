@@ -150,6 +150,27 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=validate.model_name("--register-model", "xresnet-imagenette"),
         help="log each cell's model (implies --log-model) and register it as a new version of model NAME",
     )
+    t.add_argument(
+        "--data-on",
+        choices=["auto", "device", "host"],
+        default="auto",
+        help="where the decoded images live: device (the GPU), host (pinned host memory, batches copied ahead), "
+        "or auto: device when cache + validation + training step fit its memory with headroom (default)",
+    )
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's train and eval steps (pays on a GPU for long cells; inductor caches the "
+        "compiled graphs across cells and runs)",
+    )
+    t.add_argument(
+        "--gpu-memory-gib",
+        type=validate.number("--gpu-memory-gib", 0, 100_000, lo_open=True, example="16"),
+        default=None,
+        metavar="GIB",
+        help="use at most this much CUDA memory (torch.cuda.set_per_process_memory_fraction), e.g. 16 to act "
+        "as a 16 GB card; the data placement plans within it",
+    )
     r = t.add_mutually_exclusive_group()
     r.add_argument(
         "--resume",
@@ -299,6 +320,14 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
         default=2,
         help="reruns of a cell whose Ray worker process died (default 2)",
     )
+    g.add_argument(
+        "--cells-per-gpu",
+        type=validate.number("--cells-per-gpu", 1, 64, integer=True, example="2"),
+        default=1,
+        metavar="N",
+        help="with --executor local on CUDA: train N cells at once on the GPU, each in its own process with 1/N "
+        "of its memory (default 1: one after another in this process)",
+    )
 
 
 def _add_report_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -412,7 +441,8 @@ def _run(args: argparse.Namespace) -> int:
     from sota_ablate.tracking import Tracker, resolve_tracking_uri
 
     executor = _executor(args)
-    device = _device(args.device) if executor is None else executor.device(args.device)
+    local = executor is None or executor.name == "local"
+    device = _device(args.device) if local else executor.device(args.device)
     if args.profile is None:
         name, why = default_profile(device.type == "cuda")
         print(f"profile: {name} ({why}; choose with --profile)")
@@ -440,6 +470,8 @@ def _run(args: argparse.Namespace) -> int:
     data_cfg.validate()
     target = _precision_target(args, len(args.seeds or grid.seeds))
     register = args.register_model
+    cells_per_gpu = _cells_per_gpu(args, device)
+    gpu_memory = _gpu_memory(args.gpu_memory_gib, device)
     opts = RunOptions(
         profile=profile,
         data=data_cfg,
@@ -452,6 +484,10 @@ def _run(args: argparse.Namespace) -> int:
         progress_bar=profile.progress_bar and not args.no_progress and sys.stderr.isatty(),
         overrides=dict(args.set),  # validate.setting, validate.UniqueSettings
         precision=target,
+        data_on=args.data_on,
+        compile=args.compile,
+        cells_per_gpu=cells_per_gpu,
+        gpu_memory_bytes=gpu_memory,
     )
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
     try:
@@ -466,9 +502,46 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cells_per_gpu(args: argparse.Namespace, device: Any) -> int:
+    """``--cells-per-gpu``, checked: N > 1 only with the local executor on CUDA."""
+    n = getattr(args, "cells_per_gpu", 1)
+    if n < 1:
+        raise CliError(f"--cells-per-gpu {n}: use 1 or more")
+    if n > 1 and getattr(args, "executor", "local") != "local":
+        raise CliError(
+            f"--cells-per-gpu {n} is for --executor local; with Ray give each cell a fraction of a GPU instead "
+            f"(--gpus-per-cell {1 / n:g})"
+        )
+    if n > 1 and device.type != "cuda":
+        raise CliError(
+            f"--cells-per-gpu {n}: the cells train on {device.type}, not a GPU; on a CPU one cell already uses "
+            "every core, so several at once would not be faster. Drop the option or use a CUDA device."
+        )
+    return n
+
+
+def _gpu_memory(gib: float | None, device: Any) -> int | None:
+    """``--gpu-memory-gib`` in bytes, applied to this process now (workers apply their share themselves)."""
+    if gib is None:
+        return None
+    if device.type != "cuda":
+        raise CliError(f"--gpu-memory-gib: the cells train on {device.type}; it caps CUDA memory only")
+    from sota_ablate.data.placement import limit_gpu_memory
+
+    try:
+        limit_gpu_memory(device, int(gib * 2**30))
+    except ValueError as err:
+        raise CliError(f"--gpu-memory-gib {gib}: {err}") from None
+    return int(gib * 2**30)
+
+
 def _executor(args: argparse.Namespace) -> Any:
-    """The RayExecutor for ``--executor ray``, None for local."""
+    """The RayExecutor for ``--executor ray``, None for local (a LocalExecutor for --cells-per-gpu > 1)."""
     if getattr(args, "executor", "local") != "ray":
+        if getattr(args, "cells_per_gpu", 1) > 1:
+            from sota_ablate.executors.local import LocalExecutor
+
+            return LocalExecutor(cells_per_gpu=args.cells_per_gpu)
         return None
     from sota_ablate.executors.ray import RayExecutor, RaySettings
 

@@ -39,6 +39,7 @@ from sota_ablate.tracking import (
     mask_uri,
 )
 from sota_ablate.train.checkpoint import ensure_writable
+from sota_ablate.train.memory import placement_request
 
 
 @dataclass
@@ -91,7 +92,13 @@ def _run_grid(
     checkpoints = ensure_writable(opts.checkpoint_dir or default_checkpoint_dir(tracker.uri))
     opts = dataclasses.replace(opts, checkpoint_dir=str(checkpoints))
     t0 = time.perf_counter()
-    data = load_data(opts.data, executor.data_device(opts.device))
+    data_device = executor.data_device(opts.device)
+    request = None  # the driver's copy of a remote executor's data only fingerprints it: no placement to plan
+    if data_device == opts.device:
+        request = placement_request([(p.train, p.techniques) for p in plans], data_device, opts.data_on)
+    data = load_data(opts.data, data_device, placement=request)
+    if data.placement is not None:
+        print(f"data placement: {data.placement.data_on} ({data.placement.reason})", file=out)
     bad = f"; {data.info['bad_images']} unreadable image(s) skipped" if data.info.get("bad_images") else ""
     print(f"data: {data.info.get('n_train')} train / {data.info.get('n_valid')} valid images, {len(data.classes)} "
           f"classes, split {data.info.get('split')}, loaded in {time.perf_counter() - t0:.1f}s{bad}", file=out)  # fmt: skip

@@ -65,6 +65,11 @@ class RunOptions:
     # run-grid --precision: extra seeds after the grid's (the pilot) until each comparison's 95% interval is
     # narrow enough (``precision.py``); part of the grid's identity when set.
     precision: Target | None = None
+    # How the cells run on their device (none of it changes the numbers beyond float rounding; not identity):
+    data_on: str = "auto"  # where the data lives: auto | device | host (data/placement.py)
+    compile: bool = False  # torch.compile the model's train and eval steps (train/compiled.py)
+    cells_per_gpu: int = 1  # cells trained at once on one GPU by the local executor (executors/local.py)
+    gpu_memory_bytes: int | None = None  # cap this process's CUDA memory (set_per_process_memory_fraction)
 
 
 def data_identity(info: Mapping[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,9 @@ BUDGET_ACHIEVED_FLOPS = "budget.achieved_flops"
 LABEL_NOISE_SOURCE = "label_noise.source"  # "clean", "csv column noisy_labels_25" or "symmetric, seed 1641"
 LABEL_NOISE_FLIPPED = "label_noise.flipped"  # training labels that differ from the clean ones
 LABEL_NOISE_FLIP_FRACTION = "label_noise.flip_fraction"  # their fraction: the realised noise rate
+PLACEMENT_PREFIX = "placement."  # where the data lived (``data/placement.py``): placement.data_on, .cache_bytes, ...
+COMPILE = "compile"  # torch.compile of the model's train and eval steps (--compile): true | false
+CELLS_PER_GPU = "cells_per_gpu"  # cells trained at once on one GPU (--cells-per-gpu)
 # the grid run's
 GRID_FILE = "grid_file"
 SEEDS = "seeds"
@@ -116,6 +119,11 @@ def train_param(field: str) -> str:
 
 def data_param(field: str) -> str:
     return f"{DATA_PREFIX}{field}"
+
+
+def placement_param(field: str) -> str:
+    """``placement.<field>``: the data placement's decision and bytes (``Placement.params``)."""
+    return f"{PLACEMENT_PREFIX}{field}"
 
 
 # --- Metrics -------------------------------------------------------------------------------------------------------

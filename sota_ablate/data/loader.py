@@ -10,6 +10,11 @@ uint8 (a rounding of at most 0.5/255 per pixel): evaluation then costs one uint8
 On a CPU the training set's area pre-shrink (also deterministic) is likewise done once per size (float16).
 On CUDA the training batches are prepared one or two ahead in a background thread on a side stream
 (``train_loader``).
+
+When the cache does not fit on the device (``placement.py``), it stays in host memory (pinned on CUDA): each
+training batch's rows are gathered there into one of two staging buffers and copied to the device on a copy
+stream, one batch ahead (``_HostGather``); the shuffle, labels, sizes and augmentation stay on the device, so the
+batches are the same whichever placement, for the same seed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ from sota_ablate.data.config import DataConfig
 from sota_ablate.data.errors import DataError
 from sota_ablate.data.names import dataset_name
 from sota_ablate.data.noise import NoisyColumns, read_noisy_csv
+from sota_ablate.data.placement import (
+    MemoryNeeds,
+    Placement,
+    PlacementRequest,
+    cache_bytes,
+    choose_placement,
+    device_budget,
+)
+from sota_ablate.data.placement import valid_bytes as valid_set_bytes
 from sota_ablate.data.sources import Item, Items, list_items, relative_key
 
 logger = logging.getLogger(__name__)
@@ -42,14 +56,16 @@ _CHUNK_BYTES = 256 * 2**20  # host → device copies and valid precomputation go
 
 @dataclass
 class ImageSet:
-    """One split, resident on its device.
+    """One split, resident on its device (its images on the host instead when ``staged``).
 
     Attributes:
-        images: ``uint8 [N, 3, L, L]`` canvases, each image at the top left (see ``cache.py``).
-        sizes: ``int32 [N, 2]``: height and width of each image in its canvas.
-        labels: ``int64 [N]``.
+        images: ``uint8 [N, 3, L, L]`` canvases, each image at the top left (see ``cache.py``); on the training
+            device, or in (pinned) host memory when ``staged``.
+        sizes: ``int32 [N, 2]``: height and width of each image in its canvas (on the training device).
+        labels: ``int64 [N]`` (on the training device).
         paths: the image paths, relative to the dataset folder.
         presize: the short side of the cached images (sets the area pre-shrink); None: the canvas side.
+        staged: the images stay on the host; batches are gathered there and copied (``placement.py``).
     """
 
     images: Tensor
@@ -57,6 +73,7 @@ class ImageSet:
     labels: Tensor
     paths: list[str]
     presize: int | None = None
+    staged: bool = False
     _valid_cache: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
     _shrunk: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
@@ -65,8 +82,8 @@ class ImageSet:
 
     @property
     def device(self) -> torch.device:
-        """Where the images live."""
-        return self.images.device
+        """The training device: where the labels, sizes and every batch live (the images too unless staged)."""
+        return self.labels.device
 
 
 @dataclass
@@ -86,6 +103,7 @@ class ImageData:
             class names and, per split, each image's relative path, label and file SHA-256), so it changes when
             an image is replaced even under the same name, size and mtime. The ``cache_*`` keys describe how the
             data was loaded this time (volatile), not which data.
+        placement: where the cache went and why (None: ``load_data`` was not asked to plan, all on its device).
     """
 
     train: ImageSet
@@ -93,38 +111,52 @@ class ImageData:
     classes: list[str]
     info: dict[str, Any]
     noisy: NoisyColumns | None = None
+    placement: Placement | None = None
 
 
-def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
-    """List the items, build or load the uint8 cache and move it to ``device`` once.
+def load_data(cfg: DataConfig, device: torch.device | str, placement: PlacementRequest | None = None) -> ImageData:
+    """List the items, build or load the uint8 cache and move it to ``device`` once (or keep it on the host).
 
     Args:
         cfg: the data configuration (validated here).
-        device: where the images live for the whole run (a CUDA device for speed).
+        device: the training device: where the images live for the whole run (a CUDA device for speed).
+        placement: plan where the cache goes (``placement.choose_placement``); None: on ``device``, unplanned.
 
     Returns:
         The training and validation sets.
 
     Raises:
-        DataError: a bad configuration, dataset, download or image.
+        DataError: a bad configuration, dataset, download or image; a placement that cannot fit.
     """
     device = torch.device(device)
+    if placement is not None:
+        placement.validate()
     items = list_items(cfg)
     # One cache for the union, sorted by relative path: both splits and every split seed share it.
     union = sorted(items.train + items.valid, key=lambda item: relative_key(item[0], items.root))
     cached = build_cache(union, cfg, items.root)
     train, valid = _skip_unreadable(items, cached.bad, cfg.max_bad_fraction)
+    decision = None
+    if placement is not None:
+        shape = tuple(cached.images.shape[1:])
+        needs_valid = valid_set_bytes(len(valid), placement.valid_sizes)
+        needs = MemoryNeeds(cache_bytes(shape, len(train) + len(valid)), needs_valid, placement.step_bytes)
+        budget = placement.budget_bytes if placement.budget_bytes is not None else device_budget(device)
+        decision = choose_placement(placement.data_on, device.type, needs, budget)
+        logger.info("data placement: %s (%s)", decision.data_on, decision.reason)
+    staged = decision is not None and decision.staged
     row = {key: i for i, key in enumerate(cached.keys)}
     sets = []
     for split in (train, valid):
         rows = [row[relative_key(path, items.root)] for path, _ in split]
         sets.append(
             ImageSet(
-                images=_rows_to_device(cached.images, rows, device),
+                images=(_rows_to_host if staged else _rows_to_device)(cached.images, rows, device),
                 sizes=cached.sizes[rows].to(device),
                 labels=torch.tensor([label for _, label in split], dtype=torch.int64, device=device),
                 paths=[cached.keys[i] for i in rows],
                 presize=cfg.presize,
+                staged=staged,
             )
         )
     noisy = read_noisy_csv(items.root, sets[0].paths, items.classes, device)
@@ -144,14 +176,17 @@ def load_data(cfg: DataConfig, device: torch.device | str) -> ImageData:
         "cache_folder": str(cached.folder),
     }
     logger.info(
-        "data on %s: %d train, %d valid, %dx%d canvas",
+        "data on %s%s: %d train, %d valid, %dx%d canvas",
         device,
+        " (staged from host memory)" if staged else "",
         len(train),
         len(valid),
         cached.canvas,
         cached.canvas,
     )
-    return ImageData(train=sets[0], valid=sets[1], classes=list(items.classes), info=info, noisy=noisy)
+    return ImageData(
+        train=sets[0], valid=sets[1], classes=list(items.classes), info=info, noisy=noisy, placement=decision
+    )
 
 
 def _csv_info(noisy: NoisyColumns) -> dict[str, str]:
@@ -234,12 +269,67 @@ def train_batches(
         source, canvas = _shrunk_images(ds, size), (int(ds.images.shape[-2]), int(ds.images.shape[-1]))
     rows = source.flatten(1)  # a view; on the CPU a uint8 index_select over 2-D rows is ~25x faster than 4-D
     order = torch.randperm(len(ds), device=ds.device, generator=generator)
+    gather = _HostGather(rows, order, batch_size, ds.device) if ds.staged else None
     for step in range(steps):
         index = order[step * batch_size : (step + 1) * batch_size]
-        images = rows.index_select(0, index).view(-1, *source.shape[1:])
+        if gather is not None:
+            images = gather.next().view(-1, *source.shape[1:])
+        else:
+            images = rows.index_select(0, index).view(-1, *source.shape[1:])
         sizes = ds.sizes.index_select(0, index)
         x = train_transform(images, sizes, size, aug, presize=ds.presize, generator=generator, canvas=canvas)
         yield _layout(x), ds.labels.index_select(0, index)
+
+
+class _HostGather:
+    """The training batches' rows of a host-resident set, copied to ``device`` one batch ahead of their use.
+
+    The epoch's order (drawn on the device, as for a device-resident set) comes to the host once. Each batch's
+    rows are gathered into one of two staging buffers (pinned on CUDA) and copied on a copy stream; the batch
+    ``next`` returns was copied while the previous one was being augmented, and the stream that uses it waits
+    on an event (no host sync). A buffer is refilled only once the copy that read it has finished. On the CPU
+    the same code runs without streams (the "copy" is the gathered buffer itself).
+    """
+
+    def __init__(self, rows: Tensor, order: Tensor, batch_size: int, device: torch.device) -> None:
+        self.rows, self.batch_size, self.device = rows, batch_size, device
+        self.order = order.cpu()  # one sync per epoch (in the prefetch thread on CUDA)
+        self.steps = len(self.order) // batch_size
+        self.cuda = device.type == "cuda"
+        shape = (batch_size, rows.shape[1])
+        self.buffers = [torch.empty(shape, dtype=rows.dtype, pin_memory=self.cuda) for _ in range(2)]
+        self.events: list[Any] = [None, None]
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.step = 0
+        self.ahead: tuple[Tensor, Any] | None = self._copy(0) if self.steps else None
+
+    def _copy(self, step: int) -> tuple[Tensor, Any]:
+        slot = step % 2
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()  # the copy that last read this buffer is done
+        index = self.order[step * self.batch_size : (step + 1) * self.batch_size]
+        buffer = self.buffers[slot]
+        torch.index_select(self.rows, 0, index, out=buffer)
+        if not self.cuda:
+            return buffer, None
+        with torch.cuda.stream(self.stream):
+            out = buffer.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        self.events[slot] = done
+        return out, done
+
+    def next(self) -> Tensor:
+        """The next batch's rows on the device; starts copying the one after."""
+        assert self.ahead is not None, "no batch left in this epoch"
+        out, done = self.ahead
+        self.step += 1
+        self.ahead = self._copy(self.step) if self.step < self.steps else None
+        if done is not None:
+            consumer = torch.cuda.current_stream(self.device)
+            consumer.wait_event(done)
+            out.record_stream(consumer)  # made on the copy stream, used (and freed) on the consumer's
+        return out
 
 
 def train_loader(
@@ -348,7 +438,7 @@ def tta_batches(ds: ImageSet, batch_size: int, size: int, aug: AugmentConfig) ->
     _check_batch(batch_size)
     for start in range(0, len(ds), batch_size):
         end = start + batch_size
-        x = train_transform(ds.images[start:end], ds.sizes[start:end], size, aug, presize=ds.presize)
+        x = train_transform(_to_device(ds, ds.images[start:end]), ds.sizes[start:end], size, aug, presize=ds.presize)
         yield _layout(x), ds.labels[start:end]
 
 
@@ -389,8 +479,30 @@ def _precompute_valid(ds: ImageSet, size: int) -> Tensor:
     chunk = max(1, _chunk_rows(ds.images) // 4)  # float32 working copies are 4x the uint8 bytes
     for start in range(0, len(ds), chunk):
         end = start + chunk
-        x = valid_transform(ds.images[start:end], ds.sizes[start:end], size, presize=ds.presize)
+        x = valid_transform(_to_device(ds, ds.images[start:end]), ds.sizes[start:end], size, presize=ds.presize)
         out[start:end] = x.mul_(255).round_()
+    return out
+
+
+def _to_device(ds: ImageSet, images: Tensor) -> Tensor:
+    """A slice of ``ds.images`` on the training device (a copy only when the set is staged on the host)."""
+    return images.to(ds.device, non_blocking=True) if images.device != ds.device else images
+
+
+def _rows_to_host(images: Tensor, rows: list[int], device: torch.device) -> Tensor:
+    """``images[rows]`` in host memory for a staged set: pinned when ``device`` is CUDA (asynchronous copies).
+
+    On the CPU contiguous rows stay a view of the memory-mapped cache; otherwise one copy is made, chunk by
+    chunk (no second full copy).
+    """
+    pinned = device.type == "cuda"
+    n = len(rows)
+    if not pinned:
+        return _rows_to_device(images, rows, torch.device("cpu"))
+    out = torch.empty((n, *images.shape[1:]), dtype=images.dtype, pin_memory=True)
+    index, flat, chunk = torch.tensor(rows, dtype=torch.int64), out.flatten(1), _chunk_rows(images)
+    for start in range(0, n, chunk):  # 2-D rows: a uint8 index_select is much faster than over 4-D
+        torch.index_select(images.flatten(1), 0, index[start : start + chunk], out=flat[start : start + chunk])
     return out
 
 

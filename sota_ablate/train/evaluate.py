@@ -29,7 +29,7 @@ def _forward(s: TrainState, x: Tensor) -> Tensor:
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with s.autocast():
-        return s.model(x).float()
+        return (s.forward or s.model)(x).float()
 
 
 @torch.no_grad()

@@ -126,7 +126,7 @@ def fit(
                 if s.channels_last:
                     s.x = s.x.contiguous(memory_format=torch.channels_last)
                 with s.autocast():
-                    logits = s.model(s.x)
+                    logits = (s.forward or s.model)(s.x)
                 loss = s.loss_fn(logits.float(), s.y)
                 s.scaler.scale(loss).backward()
                 s.scaler.step(s.optimizer)

@@ -84,6 +84,9 @@ class TrainState:
     normalize: Callable[[Tensor], Tensor] = _identity
     dtype: str = "float32"
     channels_last: bool = False
+    # The model's forward as the loop and evaluation call it: ``torch.compile(model)`` with --compile (None: the
+    # model itself). The model (its weights, checkpoints) stays the plain module.
+    forward: Callable[[Tensor], Tensor] | None = None
     # Per batch.
     x: Tensor | None = None
     y: Tensor | None = None
