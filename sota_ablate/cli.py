@@ -1,4 +1,4 @@
-"""Command line: ``python -m sota_ablate {run-grid,run,list-grids,list-techniques,profiles,report,ui}``.
+"""Command line: ``python -m sota_ablate {run-grid,run,lr-find,list-grids,list-techniques,profiles,report,ui}``.
 
 Options shared by several commands (``--tracking-uri``, ``--experiment``, ``--debug``) are defined once, in parent
 parsers. The package's modules are imported by the command that needs them, so ``--help`` stays fast.
@@ -77,34 +77,7 @@ def _debug_parent() -> argparse.ArgumentParser:
     return p
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("what to run")
-    g.add_argument(
-        "--grid",
-        default=DEFAULT_GRID,
-        help=f"a built-in grid's name (list-grids shows them) or a grid TOML file (default: {DEFAULT_GRID})",
-    )
-    g.add_argument(
-        "--profile",
-        choices=["chapter", "quick", "smoke"],
-        default=None,
-        help="scale: chapter (GPU, the book's settings), quick (2-core CPU, <15 min), smoke (tests); "
-        "default: chapter with CUDA, quick otherwise",
-    )
-    g.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the grid's)")
-    g.add_argument(
-        "--epochs-scale",
-        type=float,
-        default=1.0,
-        help="multiply every epoch count (rounded, at least 1); e.g. 0.5 for a faster look",
-    )
-    g.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe setting for every cell, e.g. --set lr=1e-3 (repeatable)",
-    )
+def _add_data_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument(
         "--data",
@@ -126,6 +99,43 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="official train/val folders (default) or the chapter's seeded random 20%% of both",
     )
     d.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/sota_ablate/cache)")
+
+
+def _add_recipe_options(g: Any) -> None:
+    """--grid, --profile and --set (run-grid, run and lr-find)."""
+    g.add_argument(
+        "--grid",
+        default=DEFAULT_GRID,
+        help=f"a built-in grid's name (list-grids shows them) or a grid TOML file (default: {DEFAULT_GRID})",
+    )
+    g.add_argument(
+        "--profile",
+        choices=["chapter", "quick", "smoke"],
+        default=None,
+        help="scale: chapter (GPU, the book's settings), quick (2-core CPU, <15 min), smoke (tests); "
+        "default: chapter with CUDA, quick otherwise",
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe setting for every cell, e.g. --set lr=1e-3, or --set lr=find for the lr finder's "
+        "suggestion (repeatable)",
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to run")
+    _add_recipe_options(g)
+    g.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: the grid's)")
+    g.add_argument(
+        "--epochs-scale",
+        type=float,
+        default=1.0,
+        help="multiply every epoch count (rounded, at least 1); e.g. 0.5 for a faster look",
+    )
+    _add_data_options(p)
     t = p.add_argument_group("tracking and hardware")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     t.add_argument("--log-model", action="store_true", help="also log each cell's model weights")
@@ -171,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=store, help="train one cell of a grid", description="Train one cell of a grid.")
     p.add_argument("--cell", required=True, help="the cell's name in the grid file, e.g. baseline")
     _add_run_options(p)
+    _add_lr_find_parser(sub, store)
     sub.add_parser(
         "list-grids",
         help="the built-in grids: names, descriptions, cells",
@@ -192,6 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0: any free port)")
     return parser
+
+
+def _add_lr_find_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "lr-find",
+        parents=parents,
+        help="fastai's learning-rate finder on a cell: the curve and suggested lrs, logged to MLflow",
+        description="Run fastai's lr_find (an exponential lr sweep, the loss smoothed, stopped when it exceeds 4x "
+        "its minimum) on a cell's exact model, data, techniques and augmentation; print the suggestions (valley, "
+        "fastai's default, also minimum/10 and steep) and log them with the curve in an MLflow run "
+        "(tag sota_ablate.kind = lr_find). The cell's training is not touched.",
+    )
+    g = p.add_argument_group("what to sweep")
+    _add_recipe_options(g)
+    g.add_argument("--cell", default=None, help="the cell's name in the grid (default: the grid's first cell)")
+    g.add_argument("--seed", type=int, default=None, help="the seed: init, data order, augmentation (default: the "
+                   "grid's first)")  # fmt: skip
+    f = p.add_argument_group("the sweep (fastai's defaults)")
+    f.add_argument("--start-lr", type=float, default=1e-7, help="first lr (default 1e-7)")
+    f.add_argument("--end-lr", type=float, default=10.0, help="last lr (default 10)")
+    f.add_argument("--num-it", type=int, default=100, help="iterations, at least 6 (default 100)")
+    _add_data_options(p)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -317,30 +351,23 @@ def _device(text: str) -> Any:
     return dev
 
 
-def _run(args: argparse.Namespace) -> int:
-    from sota_ablate.data import DataConfig
-    from sota_ablate.grid import load_grid
-    from sota_ablate.grid_run import run_grid
-    from sota_ablate.plan import RunOptions
+def _profile(args: argparse.Namespace, device: Any) -> Any:
+    """The --profile (printed), or the default for the device."""
     from sota_ablate.profiles import default_profile, get_profile
-    from sota_ablate.tracking import Tracker, resolve_tracking_uri
 
-    executor = _executor(args)
-    device = _device(args.device) if executor is None else executor.device(args.device)
     if args.profile is None:
         name, why = default_profile(device.type == "cuda")
         print(f"profile: {name} ({why}; choose with --profile)")
     else:
         name = args.profile
         print(f"profile: {name}")
-    profile = get_profile(name)
-    grid = load_grid(args.grid)
-    cells = [args.cell] if args.command == "run" else (args.cells.split(",") if args.cells is not None else None)
-    if cells is not None:
-        names = [c.strip() for c in cells if c.strip()]
-        if not names:
-            raise CliError(f"--cells {args.cells!r} names no cell; use e.g. --cells baseline,mixup")
-        grid = grid.select(names)
+    return get_profile(name)
+
+
+def _data_config(args: argparse.Namespace, profile: Any) -> Any:
+    """The DataConfig of the data options over the profile's, validated."""
+    from sota_ablate.data import DataConfig
+
     data_kw: dict[str, Any] = dict(profile.data)
     if args.data:
         data_kw.update(source="folder", path=args.data)
@@ -355,6 +382,52 @@ def _run(args: argparse.Namespace) -> int:
         data_kw["cache_dir"] = args.cache_dir
     data_cfg = DataConfig(**data_kw)
     data_cfg.validate()
+    return data_cfg
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from sota_ablate.grid import load_grid
+    from sota_ablate.lr_find import FinderSettings, lr_find_command
+    from sota_ablate.plan import RunOptions
+    from sota_ablate.tracking import Tracker, resolve_tracking_uri
+
+    settings = FinderSettings(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
+    if not all(math.isfinite(v) for v in (args.start_lr, args.end_lr)):
+        raise CliError("--start-lr and --end-lr must be finite numbers, e.g. --start-lr 1e-7 --end-lr 10")
+    try:
+        settings.validate()
+    except ValueError as err:
+        raise CliError(f"{err}: e.g. --start-lr 1e-7 --end-lr 10 --num-it 100") from None
+    device = _device(args.device)
+    profile = _profile(args, device)
+    grid = load_grid(args.grid)
+    cell = args.cell or grid.cells[0].name
+    seed = grid.seeds[0] if args.seed is None else args.seed
+    if seed < 0:
+        raise CliError(f"--seed {seed}: use an integer >= 0")
+    opts = RunOptions(profile=profile, data=_data_config(args, profile), device=device, overrides=_parse_sets(args.set))
+    tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    lr_find_command(grid, cell, seed, opts, tracker, settings)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sota_ablate.grid import load_grid
+    from sota_ablate.grid_run import run_grid
+    from sota_ablate.plan import RunOptions
+    from sota_ablate.tracking import Tracker, resolve_tracking_uri
+
+    executor = _executor(args)
+    device = _device(args.device) if executor is None else executor.device(args.device)
+    profile = _profile(args, device)
+    grid = load_grid(args.grid)
+    cells = [args.cell] if args.command == "run" else (args.cells.split(",") if args.cells is not None else None)
+    if cells is not None:
+        names = [c.strip() for c in cells if c.strip()]
+        if not names:
+            raise CliError(f"--cells {args.cells!r} names no cell; use e.g. --cells baseline,mixup")
+        grid = grid.select(names)
+    data_cfg = _data_config(args, profile)
     if not (args.epochs_scale > 0 and math.isfinite(args.epochs_scale)):
         raise CliError(f"--epochs-scale {args.epochs_scale}: use a positive number")
     opts = RunOptions(
@@ -471,12 +544,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sota_ablate.report.collect import ReportError
     from sota_ablate.tracking import TrackingError, mask_uri
     from sota_ablate.train.checkpoint import CheckpointError
+    from sota_ablate.train.lr_find import LRFinderError
 
     # Ctrl-C and SIGTERM end a grid as KILLED (resumable), never in the middle of a tracking-store write.
     restore_signals = interrupts.install()
     try:
         if args.command == "ui":
             return _ui(args)
+        if args.command == "lr-find":
+            return _lr_find(args)
         return _report(args) if args.command == "report" else _run(args)
     except (
         CliError,
@@ -488,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         TrackingError,
         UnknownNameError,
         CheckpointError,
+        LRFinderError,
     ) as err:
         if debug:
             raise
