@@ -27,7 +27,7 @@ from sota_ablate.train.lr_find import NUM_IT, LRCurve, exp_lr, minimum, steep, s
 from sota_ablate.train.optim import create_optimizer, set_hyper
 from sota_ablate.train.state import TrainState
 
-SMOKE = ["--profile", "smoke", "--device", "cpu", "--set", "size=16", "--grid", "chapter"]
+SMOKE = ["--profile", "smoke", "--device", "cpu", "--set", "size=16", "--set", "batch_size=4", "--grid", "chapter"]
 
 
 def _curve(losses: list[float], stop: str = "num_it") -> LRCurve:
