@@ -52,7 +52,8 @@ def log_curve(run: Run, curve: LRCurve, suggestions: dict[str, Suggestion], titl
                 "iterations": len(curve.lrs), "stop": curve.stop}  # fmt: skip
     run.log_params({schema.lr_find_key(k): v for k, v in settings.items()})
     run.log_metrics({schema.lr_find_key(name): sg.lr for name, sg in suggestions.items()}, step=0)
-    marks = {name: (sg.lr, sg.point) for name, sg in suggestions.items()}
+    # minimum is marked at the lowest loss and suggests a tenth of its lr, as in fastai's plot
+    marks = {("minimum / 10" if name == "minimum" else name): (sg.lr, sg.point) for name, sg in suggestions.items()}
     fig = run_figures.lr_find_figure(curve.lrs, curve.losses, marks, title, skip_end=SKIP_END)
     run.log_figure(fig, schema.LR_FIND_PNG)
     run_figures.close(fig)
