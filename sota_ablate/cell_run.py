@@ -19,10 +19,12 @@ import torch
 
 from sota_ablate import schema
 from sota_ablate.artifacts import EpochLogger, judged_metrics, log_results
+from sota_ablate.config import LR_FIND
 from sota_ablate.data import ImageData
 from sota_ablate.data.noise import with_label_noise
 from sota_ablate.failures import failure_reason
 from sota_ablate.lease import cell_filter, claim_tags, heartbeat, winner
+from sota_ablate.lr_find import resolve_lr
 from sota_ablate.models import count_parameters
 from sota_ablate.plan import CellPlan, RunOptions
 from sota_ablate.progress import ConsoleProgress, format_time
@@ -100,7 +102,10 @@ def _train(
     restored = records_of(ckpt) if ckpt is not None else []
     start = time.perf_counter() - (ckpt["elapsed_s"] if ckpt is not None else 0.0)  # wall time of all attempts
     try:
-        run.log_params({**plan.params, schema.CHECKPOINT_DIR: opts.checkpoint_dir or "none"})
+        params = {**plan.params, schema.CHECKPOINT_DIR: opts.checkpoint_dir or "none"}
+        if plan.train.lr == LR_FIND:  # logged once found (resolve_lr): the number this run trains with
+            params.pop(schema.train_param("lr"))
+        run.log_params(params)
         data = _training_labels(plan, data, run, out)
         run.log_datasets(data_specs(opts.data, data.info))
         torch.manual_seed(plan.seed)  # CPU and every CUDA device
@@ -119,12 +124,14 @@ def _train(
                 **(data.placement.params() if data.placement is not None else {}),
             }
         )
+        resolve_lr(plan, s, run, ckpt, out)  # lr = "find": the finder's valley (the checkpoint's when resuming)
         logger = EpochLogger(run, plan, records=restored)
         extra = [k for t in plan.techniques for k in t.epoch_metric_keys]
         console = ConsoleProgress(plan.run_name, stream=out, bar=opts.progress_bar, extra=extra)
         writer: list[LoopObserver] = []
         if ckpt_file is not None:  # first: the checkpoint is on disk before the epoch is logged
-            meta = {"run_id": run.run_id, "parent_run_id": parent.run_id, "cell": plan.cell, "seed": plan.seed}
+            meta = {"run_id": run.run_id, "parent_run_id": parent.run_id, "cell": plan.cell, "seed": plan.seed,
+                    "lr": s.cfg.lr}  # fmt: skip
             elapsed = time.perf_counter() - start
             writer.append(CheckpointWriter(ckpt_file, plan.config_hash, meta, restored, elapsed, out=out))
         if ckpt is not None:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m sota_ablate {run-grid,run,list-grids,list-techniques,profiles,report,ui}``.
+"""Command line: ``python -m sota_ablate {run-grid,run,lr-find,list-grids,list-techniques,profiles,report,ui}``.
 
 Options shared by several commands (``--tracking-uri``, ``--experiment``, ``--debug``) are defined once, in parent
 parsers. The package's modules are imported by the command that needs them, so ``--help`` stays fast.
@@ -64,41 +64,7 @@ def _debug_parent() -> argparse.ArgumentParser:
     return p
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("what to run")
-    g.add_argument(
-        "--grid",
-        default=DEFAULT_GRID,
-        type=validate.path("--grid", "chapter"),
-        help=f"a built-in grid's name (list-grids shows them) or a grid TOML file (default: {DEFAULT_GRID})",
-    )
-    g.add_argument(
-        "--profile",
-        choices=["chapter", "quick", "smoke"],
-        default=None,
-        help="scale: chapter (GPU, the book's settings), quick (2-core CPU, <15 min), smoke (tests); "
-        "default: chapter with CUDA, quick otherwise",
-    )
-    g.add_argument(
-        "--seeds",
-        default=None,
-        type=validate.seed_list("--seeds"),
-        help="comma-separated seeds, e.g. 0,1,2 (default: the grid's)",
-    )
-    g.add_argument(
-        "--epochs-scale",
-        type=validate.number("--epochs-scale", 0, 100, lo_open=True, example="0.5"),
-        default=1.0,
-        help="multiply every epoch count (rounded, at least 1); e.g. 0.5 for a faster look",
-    )
-    g.add_argument(
-        "--set",
-        action=validate.UniqueSettings,
-        type=validate.setting("--set"),
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe setting for every cell, e.g. --set lr=1e-3 (repeatable)",
-    )
+def _add_data_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument(
         "--data",
@@ -131,6 +97,50 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=validate.path("--cache-dir", "/scratch/cache"),
         help="decoded-image cache (default ~/.cache/sota_ablate/cache)",
     )
+
+
+def _add_recipe_options(g: Any) -> None:
+    """--grid, --profile and --set (run-grid, run and lr-find)."""
+    g.add_argument(
+        "--grid",
+        default=DEFAULT_GRID,
+        type=validate.path("--grid", "chapter"),
+        help=f"a built-in grid's name (list-grids shows them) or a grid TOML file (default: {DEFAULT_GRID})",
+    )
+    g.add_argument(
+        "--profile",
+        choices=["chapter", "quick", "smoke"],
+        default=None,
+        help="scale: chapter (GPU, the book's settings), quick (2-core CPU, <15 min), smoke (tests); "
+        "default: chapter with CUDA, quick otherwise",
+    )
+    g.add_argument(
+        "--set",
+        action=validate.UniqueSettings,
+        type=validate.setting("--set"),
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe setting for every cell, e.g. --set lr=1e-3, or --set lr=find for the lr finder's "
+        "suggestion (repeatable)",
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to run")
+    _add_recipe_options(g)
+    g.add_argument(
+        "--seeds",
+        default=None,
+        type=validate.seed_list("--seeds"),
+        help="comma-separated seeds, e.g. 0,1,2 (default: the grid's)",
+    )
+    g.add_argument(
+        "--epochs-scale",
+        type=validate.number("--epochs-scale", 0, 100, lo_open=True, example="0.5"),
+        default=1.0,
+        help="multiply every epoch count (rounded, at least 1); e.g. 0.5 for a faster look",
+    )
+    _add_data_options(p)
     t = p.add_argument_group("tracking and hardware")
     t.add_argument(
         "--device",
@@ -225,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the cell's name in the grid file, e.g. baseline",
     )
     _add_run_options(p)
+    _add_lr_find_parser(sub, store)
     sub.add_parser(
         "list-grids",
         help="the built-in grids: names, descriptions, cells",
@@ -283,6 +294,54 @@ def _precision_target(args: argparse.Namespace, n_seeds: int) -> Any:
     target = Target(args.precision, DEFAULT_MAX_SEEDS if args.max_seeds is None else args.max_seeds)
     check_target(target, n_seeds)
     return target
+
+
+def _add_lr_find_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "lr-find",
+        parents=parents,
+        help="fastai's learning-rate finder on a cell: the curve and suggested lrs, logged to MLflow",
+        description="Run fastai's lr_find (an exponential lr sweep, the loss smoothed, stopped when it exceeds 4x "
+        "its minimum) on a cell's exact model, data, techniques and augmentation; print the suggestions (valley, "
+        "fastai's default, also minimum/10 and steep) and log them with the curve in an MLflow run "
+        "(tag sota_ablate.kind = lr_find). The cell's training is not touched.",
+    )
+    g = p.add_argument_group("what to sweep")
+    _add_recipe_options(g)
+    g.add_argument(
+        "--cell",
+        default=None,
+        type=validate.name("--cell", "baseline"),
+        help="the cell's name in the grid (default: the grid's first cell)",
+    )
+    g.add_argument("--seed", type=validate.number("--seed", 0, integer=True, example="0"), default=None, help="the seed: init, data order, augmentation (default: the "
+                   "grid's first)")  # fmt: skip
+    f = p.add_argument_group("the sweep (fastai's defaults)")
+    f.add_argument(
+        "--start-lr",
+        type=validate.number("--start-lr", 0, 100, lo_open=True, example="1e-7"),
+        default=1e-7,
+        help="first lr (default 1e-7)",
+    )
+    f.add_argument(
+        "--end-lr",
+        type=validate.number("--end-lr", 0, 1e6, lo_open=True, example="10"),
+        default=10.0,
+        help="last lr (default 10)",
+    )
+    f.add_argument(
+        "--num-it",
+        type=validate.number("--num-it", 6, 100_000, integer=True, example="100"),
+        default=100,
+        help="iterations, at least 6 (default 100)",
+    )
+    _add_data_options(p)
+    p.add_argument(
+        "--device",
+        default="auto",
+        type=validate.device("--device"),
+        help="auto (cuda if available), cpu, cuda, cuda:1, ...",
+    )
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -432,28 +491,23 @@ def _device(text: str) -> Any:
     return dev
 
 
-def _run(args: argparse.Namespace) -> int:
-    from sota_ablate.data import DataConfig
-    from sota_ablate.grid import load_grid
-    from sota_ablate.grid_run import run_grid
-    from sota_ablate.plan import RunOptions
+def _profile(args: argparse.Namespace, device: Any) -> Any:
+    """The --profile (printed), or the default for the device."""
     from sota_ablate.profiles import default_profile, get_profile
-    from sota_ablate.tracking import Tracker, resolve_tracking_uri
 
-    executor = _executor(args)
-    local = executor is None or executor.name == "local"
-    device = _device(args.device) if local else executor.device(args.device)
     if args.profile is None:
         name, why = default_profile(device.type == "cuda")
         print(f"profile: {name} ({why}; choose with --profile)")
     else:
         name = args.profile
         print(f"profile: {name}")
-    profile = get_profile(name)
-    grid = load_grid(args.grid)
-    cells = [args.cell] if args.command == "run" else args.cells  # validate.name / validate.name_list
-    if cells is not None:
-        grid = grid.select(cells)
+    return get_profile(name)
+
+
+def _data_config(args: argparse.Namespace, profile: Any) -> Any:
+    """The DataConfig of the data options over the profile's, validated."""
+    from sota_ablate.data import DataConfig
+
     data_kw: dict[str, Any] = dict(profile.data)
     if args.data:
         data_kw.update(source="folder", path=args.data)
@@ -468,6 +522,46 @@ def _run(args: argparse.Namespace) -> int:
         data_kw["cache_dir"] = args.cache_dir
     data_cfg = DataConfig(**data_kw)
     data_cfg.validate()
+    return data_cfg
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from sota_ablate.grid import load_grid
+    from sota_ablate.lr_find import FinderSettings, lr_find_command
+    from sota_ablate.plan import RunOptions
+    from sota_ablate.tracking import Tracker, resolve_tracking_uri
+
+    settings = FinderSettings(start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
+    try:
+        settings.validate()
+    except ValueError as err:
+        raise CliError(f"{err}: e.g. --start-lr 1e-7 --end-lr 10 --num-it 100") from None
+    device = _device(args.device)
+    profile = _profile(args, device)
+    grid = load_grid(args.grid)
+    cell = args.cell or grid.cells[0].name
+    seed = grid.seeds[0] if args.seed is None else args.seed
+    opts = RunOptions(profile=profile, data=_data_config(args, profile), device=device, overrides=dict(args.set))
+    tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    lr_find_command(grid, cell, seed, opts, tracker, settings)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sota_ablate.grid import load_grid
+    from sota_ablate.grid_run import run_grid
+    from sota_ablate.plan import RunOptions
+    from sota_ablate.tracking import Tracker, resolve_tracking_uri
+
+    executor = _executor(args)
+    local = executor is None or executor.name == "local"
+    device = _device(args.device) if local else executor.device(args.device)
+    profile = _profile(args, device)
+    grid = load_grid(args.grid)
+    cells = [args.cell] if args.command == "run" else args.cells  # validate.name / validate.name_list
+    if cells is not None:
+        grid = grid.select(cells)
+    data_cfg = _data_config(args, profile)
     target = _precision_target(args, len(args.seeds or grid.seeds))
     register = args.register_model
     cells_per_gpu = _cells_per_gpu(args, device)
@@ -631,12 +725,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sota_ablate.report.collect import ReportError
     from sota_ablate.tracking import DiskFullError, TrackingError, mask_uri
     from sota_ablate.train.checkpoint import CheckpointError
+    from sota_ablate.train.lr_find import LRFinderError
 
     # Ctrl-C and SIGTERM end a grid as KILLED (resumable), never in the middle of a tracking-store write.
     restore_signals = interrupts.install()
     try:
         if args.command == "ui":
             return _ui(args)
+        if args.command == "lr-find":
+            return _lr_find(args)
         return _report(args) if args.command == "report" else _run(args)
     except (
         CliError,
@@ -648,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         TrackingError,
         UnknownNameError,
         CheckpointError,
+        LRFinderError,
     ) as err:
         if debug:
             raise

@@ -17,6 +17,9 @@ from typing import Any
 from sota_ablate.data.augment import AugmentConfig
 from sota_ablate.data.noise import NOISE_LEVELS
 
+# ``lr = "find"``: the cell's lr is the lr finder's suggestion, found before it trains (``lr_find.py``).
+LR_FIND = "find"
+
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the key, the value and what is allowed."""
@@ -33,7 +36,8 @@ class TrainConfig:
         epochs: epochs of the main fit_one_cycle (for ``progressive``: the fine_tune epochs at ``size``).
         size: final training and validation image size in pixels.
         batch_size: batch size (train and valid, as fastai's dataloaders).
-        lr: lr_max of fit_one_cycle.
+        lr: lr_max of fit_one_cycle, or ``"find"``: the lr finder's suggestion for this cell and seed (its
+            valley), found just before the cell trains; the config hash keeps ``"find"``, not the number.
         wd: decoupled weight decay (fastai's Adam default), not applied to norm layers and biases.
         pct_start, div, div_final, moms: fit_one_cycle's schedule.
         eps, sqr_mom: fastai Adam's eps and beta2.
@@ -48,7 +52,7 @@ class TrainConfig:
     epochs: int = 5
     size: int = 224
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float | str = field(default=3e-3, metadata={"words": (LR_FIND,)})  # a number or "find"
     wd: float = 0.01
     pct_start: float = 0.25
     div: float = 25.0
@@ -66,7 +70,7 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("size", self.size >= 8, "an integer >= 8 (pixels)"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-            ("lr", self.lr > 0, "a positive number"),
+            ("lr", self.lr == LR_FIND or self.lr > 0, f'a positive number or "{LR_FIND}"'),
             ("wd", self.wd >= 0, "a number >= 0"),
             ("pct_start", 0 < self.pct_start < 1, "a number in (0, 1)"),
             ("div", self.div > 0, "a positive number"),
@@ -142,10 +146,18 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], where: str = "") -> Any
             hint = f" Did you mean {close[0]!r}?" if close else ""
             src = f" in {where}" if where else ""
             raise ConfigError(f"unknown setting {key!r}{src}.{hint} Known settings: {', '.join(known)}.")
+        words = names[head].metadata.get("words", ())  # the strings a number field also takes (lr = "find")
         if rest:
             nested.setdefault(head, {})[rest] = value
+        elif isinstance(value, str) and value in words:
+            direct[head] = value
         else:
-            direct[head] = _coerce(key, getattr(obj, head), value, where)
+            current = getattr(obj, head)
+            try:
+                direct[head] = _coerce(key, names[head].default if current in words else current, value, where)
+            except ConfigError as err:
+                also = " or ".join(f'"{w}"' for w in words)
+                raise ConfigError(f"{err} It also takes {also}." if words else str(err)) from None
     for head, sub in nested.items():
         direct[head] = apply_overrides(getattr(obj, head), sub, where)
     return dataclasses.replace(obj, **direct)

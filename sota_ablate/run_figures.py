@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sota_ablate.train.record import EpochRecord
@@ -83,3 +83,30 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[s
 
 def close(fig: Any) -> None:
     _pyplot().close(fig)
+
+
+def lr_find_figure(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    suggestions: Mapping[str, tuple[float, tuple[float, float]]],
+    title: str,
+    skip_end: int = 5,
+) -> Any:
+    """fastai's ``plot_lr_find``: the smoothed loss against the lr (log axis) without the last ``skip_end``
+    points, each suggestion marked at its point and named with its lr in the legend."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    end = len(lrs) - skip_end if skip_end else len(lrs)
+    ax.plot(lrs[:end], losses[:end], color="tab:blue")
+    colors = ("tab:orange", "tab:green", "tab:red", "tab:purple")
+    for (name, (lr, (x, y))), color in zip(suggestions.items(), colors, strict=False):
+        ax.plot(x, y, "o", color=color, label=f"{name}: {lr:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    if suggestions:
+        ax.legend(loc="best", fontsize=8)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

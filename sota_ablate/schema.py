@@ -30,6 +30,10 @@ OWNER = "sota_ablate.owner"  # host:pid of the process that holds a running run 
 HEARTBEAT = "sota_ablate.heartbeat"  # unix time of the owner's last sign of life
 RESUMED_FROM = "sota_ablate.resumed_from_epoch"
 RESUMES = "sota_ablate.resumes"
+KIND = "sota_ablate.kind"  # "lr_find" on the runs of the lr-find command
+KIND_LR_FIND = "lr_find"
+LR_SOURCE = "sota_ablate.lr_source"  # "find" on a cell run whose lr = "find": train.lr is the finder's valley
+LR_SOURCE_FIND = "find"
 GRID = "grid"
 GRID_HASH = "grid_hash"
 CELL = "cell"
@@ -95,6 +99,7 @@ LABEL_NOISE_FLIP_FRACTION = "label_noise.flip_fraction"  # their fraction: the r
 PLACEMENT_PREFIX = "placement."  # where the data lived (``data/placement.py``): placement.data_on, .cache_bytes, ...
 COMPILE = "compile"  # torch.compile of the model's train and eval steps (--compile): true | false
 CELLS_PER_GPU = "cells_per_gpu"  # cells trained at once on one GPU (--cells-per-gpu)
+LR_FIND_PREFIX = "lr_find."  # the finder's settings (params) and suggestions (metrics): lr_find.valley, ...
 # the grid run's
 GRID_FILE = "grid_file"
 SEEDS = "seeds"
@@ -124,6 +129,10 @@ def data_param(field: str) -> str:
 def placement_param(field: str) -> str:
     """``placement.<field>``: the data placement's decision and bytes (``Placement.params``)."""
     return f"{PLACEMENT_PREFIX}{field}"
+def lr_find_key(name: str) -> str:
+    """``lr_find.<name>``: a finder setting (param: start_lr, end_lr, num_it, stop_div, iterations, stop) or a
+    suggestion (metric, at step 0: valley, minimum, steep)."""
+    return f"{LR_FIND_PREFIX}{name}"
 
 
 # --- Metrics -------------------------------------------------------------------------------------------------------
@@ -195,6 +204,9 @@ LEARNING_CURVE = "learning_curve.png"
 CONFUSION_MATRIX_JSON = "confusion_matrix.json"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 TRACEBACK = "traceback.txt"
+LR_FIND_PNG = "lr_find.png"  # the finder's curve with its suggestions (lr-find runs, cells with lr = "find")
+LR_FIND_CSV = "lr_find.csv"  # iteration, lr, smoothed loss of every iteration of the sweep
+LR_FIND_JSON = "lr_find.json"  # settings, stop reason, suggestions and their plotted points
 PREDICTIONS = "predictions.npz"  # per validation image: label, path, plain (and techniques') probabilities
 GRID_FOLDER = "grid"  # the grid run's copy of its grid file: grid/<file name>
 CELL_TECHNIQUES_JSON = "cell_techniques.json"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from sota_ablate.config import TrainConfig
 from sota_ablate.data import steps_per_epoch, train_loader
@@ -25,9 +26,37 @@ from sota_ablate.train.record import EpochRecord, LoopObserver
 from sota_ablate.train.schedule import OneCycle
 from sota_ablate.train.state import Hooks, Stage, TrainState
 
+SMOOTH_BETA = 0.98  # fastai Recorder's AvgSmoothLoss
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training or validation loss became NaN or inf (the model diverged)."""
+
+
+def train_step(s: TrainState, techniques: Sequence[Hooks], x: Tensor, y: Tensor) -> Tensor:
+    """One optimizer step on the batch ``(x, y)``, as every training batch (and the lr finder's) is taken.
+
+    Normalize, one-hot targets, the techniques' ``before_batch`` (mixup, cutmix), autocast forward, the loss in
+    fp32 (``s.loss_fn``: label smoothing), (scaled) backward, step, zero the gradients. The lr and beta1 are the
+    caller's to set beforehand.
+
+    Returns:
+        The batch's loss, detached, fp32, on the device (no host sync).
+    """
+    s.x = s.normalize(x)
+    s.y = F.one_hot(y, s.n_out).float()
+    for tech in techniques:
+        tech.before_batch(s)
+    if s.channels_last:
+        s.x = s.x.contiguous(memory_format=torch.channels_last)
+    with s.autocast():
+        logits = (s.forward or s.model)(s.x)  # s.forward: the compiled forward (--compile)
+    loss = s.loss_fn(logits.float(), s.y)
+    s.scaler.scale(loss).backward()
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    return loss.detach().float()
 
 
 def plan_stages(techniques: Sequence[Hooks], s: TrainState) -> list[Stage]:
@@ -79,7 +108,6 @@ def fit(
         tech.setup(s)
     stages = plan_stages(techniques, s)
     n_train = len(s.data.train)
-    n_classes = s.n_out
     total_steps = sum(st.epochs * steps_per_epoch(n_train, st.batch_size) for st in stages)
     observer.start(s, total_steps, stages)
     if resume is not None:
@@ -119,20 +147,8 @@ def fit(
             for x, y in train_loader(s.data.train, stage.batch_size, stage.size, s.cfg.augment):
                 lr, mom = schedule(step_in_stage)
                 set_hyper(s.optimizer, lr, mom)
-                s.x = s.normalize(x)
-                s.y = F.one_hot(y, n_classes).float()
-                for tech in techniques:
-                    tech.before_batch(s)
-                if s.channels_last:
-                    s.x = s.x.contiguous(memory_format=torch.channels_last)
-                with s.autocast():
-                    logits = (s.forward or s.model)(s.x)
-                loss = s.loss_fn(logits.float(), s.y)
-                s.scaler.scale(loss).backward()
-                s.scaler.step(s.optimizer)
-                s.scaler.update()
-                s.optimizer.zero_grad(set_to_none=True)
-                smooth = torch.lerp(loss.detach().float(), smooth, 0.98)
+                loss = train_step(s, techniques, x, y)
+                smooth = torch.lerp(loss, smooth, SMOOTH_BETA)
                 count += 1
                 step_in_stage += 1
                 s.step += 1
@@ -140,7 +156,7 @@ def fit(
             if s.device.type == "cuda":
                 torch.cuda.synchronize(s.device)
             train_time = time.perf_counter() - start
-            train_loss = smooth.item() / (1 - 0.98**count)
+            train_loss = smooth.item() / (1 - SMOOTH_BETA**count)
             if not math.isfinite(train_loss):
                 raise NonFiniteLossError(
                     f"the training loss is {train_loss} in epoch {epoch} ({stage.name}); lower the lr or check the data"

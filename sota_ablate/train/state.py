@@ -125,7 +125,8 @@ def build_state(cfg: TrainConfig, data: ImageData, device: torch.device, n_out: 
     channels_last = uses_channels_last(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(model, cfg.lr, wd=cfg.wd, eps=cfg.eps, mom=cfg.moms[0], sqr_mom=cfg.sqr_mom)
+    lr = cfg.lr if isinstance(cfg.lr, float) else 0.0  # lr = "find": every batch's lr is set before its step
+    optimizer = create_optimizer(model, lr, wd=cfg.wd, eps=cfg.eps, mom=cfg.moms[0], sqr_mom=cfg.sqr_mom)
     return TrainState(
         cfg=cfg,
         model=model,
