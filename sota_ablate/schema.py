@@ -129,6 +129,8 @@ def data_param(field: str) -> str:
 def placement_param(field: str) -> str:
     """``placement.<field>``: the data placement's decision and bytes (``Placement.params``)."""
     return f"{PLACEMENT_PREFIX}{field}"
+
+
 def lr_find_key(name: str) -> str:
     """``lr_find.<name>``: a finder setting (param: start_lr, end_lr, num_it, stop_div, iterations, stop) or a
     suggestion (metric, at step 0: valley, minimum, steep)."""
