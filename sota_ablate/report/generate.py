@@ -105,7 +105,11 @@ def generate_report(
     if used_dataset:
         honesty.append(f"**Illustrative figures** ({', '.join(used_dataset)}) use {dataset_note}.")
     report = Report(
-        title=f"{data.grid}: fastbook chapter 7, technique by technique"
+        title=(
+            f"{data.grid}: fastbook chapter 7, technique by technique"
+            if found_sweep is None
+            else f"{data.grid}: fastbook chapter 7's techniques against {sweep_section.sweep_title(found_sweep)}"
+        )
         + ("" if book else f", on {dataset_name(data)}"),
         overview=overview.overview(data),
         summary_table=_with_links(summary_markdown(summaries, reference, published=book), data, tracker),
@@ -166,13 +170,13 @@ def generate_synthesis(
     folder = Path(out_dir)
     _writable(folder)
     writer = FigureWriter(folder)
-    grids, lines, points = [], [], []
+    grids, lines, points, sweeps = [], [], [], []
     for _, run_id in reversed(runs):  # oldest first: the chapter's own grid usually comes first
         data = collect_grid(tracker, run_id=run_id, all_seeds=all_seeds)
         link = f"{slug(data.grid)}/README.md"
         found_sweep = sweep.sweep_of(data)
         if found_sweep is not None:  # a sweep's arms are compared value by value: its own lines, not the table
-            lines.append(
+            sweeps.append(
                 f"- [`{data.grid}`]({link}) (grid run `{run_id}`): {sweep_section.synthesis_line(found_sweep)}"
             )
             continue
@@ -184,22 +188,27 @@ def generate_synthesis(
     out = [
         "# What each technique of fastbook chapter 7 is worth: every grid",
         "",
-        f"The verdict across the {len(grids)} grid(s) in `{getattr(tracker, 'uri', '?')}` "
+        f"The verdict across the {len(grids) + len(sweeps)} grid(s) in `{getattr(tracker, 'uri', '?')}` "
         f"(experiment `{getattr(tracker, 'experiment_name', '?')}`), each from its newest grid run; every number "
         "comes from the runs. Each grid's own report has its caveats, tables and figures.",
         "",
         overview.TERMS,
         "",
-        "## Verdict",
-        "",
-        synthesis.verdict_markdown(grids, band),
-        "",
-        *[f"- {n}" for n in synthesis.verdict_notes(band, any(g.book for g in grids))],
-        "",
-        "## What each grid can detect",
-        "",
-        *lines,
     ]
+    if grids:
+        out += [
+            "## Verdict",
+            "",
+            synthesis.verdict_markdown(grids, band),
+            "",
+            *[f"- {n}" for n in synthesis.verdict_notes(band, any(g.book for g in grids))],
+            "",
+            "## What each grid can detect",
+            "",
+            *lines,
+        ]
+    if sweeps:
+        out += ["", "## Sweeps: from which budget or setting a technique pays off", "", *sweeps]
     if points:
         ref = writer.save(
             SYNTHESIS_FIGURE,

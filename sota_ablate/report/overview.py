@@ -192,7 +192,8 @@ def glance(
                 GLANCE_FILES["final"],
                 lambda: result_plots.plot_final_accuracy(data, summaries, reference, colours),
                 "final accuracy per cell",
-                "Final accuracy per cell: mean with its 95% interval (small dots: seeds); dashed: the reference.",
+                "Final accuracy per cell: mean with its 95% interval (small dots: seeds)"
+                + ("; dashed: the reference." if reference in data.cells else "."),
             )
         )
         refs.append(

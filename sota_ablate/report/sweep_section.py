@@ -248,6 +248,13 @@ def section(sweep: Sweep, colours: Mapping[str, str], writer: FigureWriter, band
     return out
 
 
+def sweep_title(sweep: Sweep) -> str:
+    """What the sweep varies, for the report's title: ``the training budget (epochs)``, ``label_noise``."""
+    if sweep.is_budget:
+        return f"the training budget ({'equal compute' if sweep.unit == 'flops' else 'epochs'})"
+    return f"`{sweep.key}`"
+
+
 def reference_label(sweep: Sweep) -> str:
     """How the summary table names a sweep's reference: the reference arm at each cell's own value."""
     return f"{sweep.reference} at the same {sweep.key}"
