@@ -145,9 +145,9 @@ def test_cli_refuses_bad_precision_before_training(tmp_path: Path, image_folder:
     base = ["run-grid", "--profile", "smoke", "--grid", str(grid), "--data", str(image_folder),
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--device", "cpu"]  # fmt: skip
     for extra, message in [
-        (["--precision", "0"], "--precision 0.0: use a positive number"),
+        (["--precision", "0"], "--precision 0.0: use a number > 0"),
         (["--precision", "inf"], "--precision inf"),
-        (["--precision", "1", "--max-seeds", "2"], "--max-seeds 2: use an integer at least"),
+        (["--precision", "1", "--max-seeds", "2"], "--max-seeds 2: use an integer >= 3"),
         (["--precision", "1", "--seeds", "0,1"], "a pilot of at least 3 seeds"),
         (["--max-seeds", "5"], "--max-seeds needs --precision"),
     ]:
