@@ -336,6 +336,71 @@ def fault_bad_options(root: Path) -> Outcome:
                    all(good) and not created)  # fmt: skip
 
 
+def fault_hostile_folders(root: Path) -> Outcome:
+    d = Drill(root)
+    pristine = root / "pristine"
+    shutil.copytree(d.images, pristine, symlinks=True)
+    w0, w1 = CLASSES[0], CLASSES[1]
+    cases = {  # name in the error: how to make it
+        "p.JPEG": lambda r: os.mkfifo(r / "train" / w0 / "p.JPEG"),  # a reader would block on it for ever
+        "dup.JPEG": lambda r: os.symlink(r / "train" / w0 / f"{w0}_1.JPEG", r / "train" / w1 / "dup.JPEG"),
+        "gone.JPEG": lambda r: os.symlink(r / "nowhere.JPEG", r / "train" / w0 / "gone.JPEG"),
+        "is a file": lambda r: None,
+    }
+    good = []
+    for named, make in cases.items():
+        shutil.rmtree(d.images)
+        shutil.copytree(pristine, d.images, symlinks=True)
+        make(d.images)
+        data = d.images / "train" / w0 / f"{w0}_0.JPEG" if named == "is a file" else d.images
+        try:
+            out = d.run("--data", str(data), timeout=120)
+        except subprocess.TimeoutExpired:
+            good.append(False)
+            continue
+        err = out.stderr
+        good.append(out.returncode == 2 and err.startswith("error: ") and named in err and "Traceback" not in err)
+    runs = d.runs()
+    return Outcome("hostile data folders: a FIFO named .JPEG, one file in two classes (link), a broken link, "
+                   "--data naming a file", "error: naming the file and the fix, before any run, no hang",
+                   f"{sum(good)}/{len(cases)} refused by name; {len(runs)} run(s) in the store",
+                   all(good) and runs.empty)  # fmt: skip
+
+
+def fault_store_not_a_store(root: Path) -> Outcome:
+    d = Drill(root)
+    (root / "mlflow.db").write_bytes(os.urandom(4096))
+    report = [sys.executable, "-m", "sota_ablate", "report", "--tracking-uri", d.uri, "--out", str(root / "rep")]
+    outs = [d.run(), subprocess.run(report, capture_output=True, text=True, timeout=120)]
+    (root / "mlflow.db").unlink()
+    first = d.run("--cells", "a")
+    client = mlflow.MlflowClient(d.uri)
+    client.delete_experiment(client.get_experiment_by_name("sota_ablate").experiment_id)
+    outs += [d.run(), subprocess.run(report, capture_output=True, text=True, timeout=120)]
+    says = ["is not an SQLite database"] * 2 + ["is deleted"] * 2
+    good = [o.returncode == 2 and o.stderr.startswith("error: ") and w in o.stderr and "Traceback" not in o.stderr
+            for o, w in zip(outs, says, strict=True)]  # fmt: skip
+    return Outcome("store file of garbage bytes; experiment deleted in MLflow (run-grid and report each)",
+                   "error: naming the file / the restore command; never a traceback",
+                   f"first grid {first.returncode}; {sum(good)}/4 refused with error:", first.returncode == 0
+                   and all(good))  # fmt: skip
+
+
+def fault_cache_never_repairs(root: Path) -> Outcome:
+    d = Drill(root)
+    first = d.run("--cells", "a")
+    key = next(p for p in d.cache.iterdir() if not p.name.startswith("."))
+    shutil.rmtree(key)
+    key.write_text("not a cache")  # a file where the cache folder was: used to fail on every run, never repaired
+    again = d.run("--cells", "a", "--force")
+    third = d.run("--cells", "a", "--force")
+    rebuilt = ["rebuil" in (o.stdout + o.stderr).lower() for o in (again, third)]
+    return Outcome("decode cache folder replaced by a file", "rebuilt once with a warning, then a plain cache hit",
+                   f"exits {first.returncode}, {again.returncode}, {third.returncode}; rebuilt {rebuilt[0]}, "
+                   f"then {rebuilt[1]}", (first.returncode, again.returncode, third.returncode) == (0, 0, 0)
+                   and rebuilt == [True, False])  # fmt: skip
+
+
 FAULTS: dict[str, Callable[[Path], Outcome]] = {
     "sigterm": fault_sigterm,
     "sigkill": fault_sigkill,
@@ -349,6 +414,9 @@ FAULTS: dict[str, Callable[[Path], Outcome]] = {
     "empty_cells": fault_empty_cells,
     "full_store_disk": fault_full_store_disk,
     "bad_options": fault_bad_options,
+    "hostile_folders": fault_hostile_folders,
+    "store_not_a_store": fault_store_not_a_store,
+    "cache_never_repairs": fault_cache_never_repairs,
 }
 
 

@@ -669,6 +669,15 @@ def _report(args: argparse.Namespace) -> int:
 
     tracker = Tracker(resolve_tracking_uri(args.tracking_uri), args.experiment)
     print(f"MLflow store: {mask_uri(tracker.uri)}  experiment: {tracker.experiment_name}")
+    tracker.check(create=False)  # a store that is not one, a deleted experiment: error:, never a traceback
+    missing = tracker.missing_artifact_folder()
+    if missing is not None:
+        print(
+            f"warning: the artifact folder {missing} of experiment {tracker.experiment_name!r} no longer exists: "
+            "the report is made from the runs' params and metrics alone (no grid file, confusion matrix or "
+            "predictions).",
+            file=sys.stderr,
+        )
     band = args.band / 100
     options = dict(all_seeds=args.all_seeds, out_dir=args.out, data_path=args.data, log_to_mlflow=not args.no_log)
     if args.run_id:

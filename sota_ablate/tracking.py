@@ -138,6 +138,52 @@ def local_store_folder(uri: str) -> Path | None:
     return Path(path).expanduser().absolute().parent
 
 
+def local_store_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///path/to/mlflow.db`` store (None for other stores)."""
+    folder = local_store_folder(uri)
+    return None if folder is None else folder / Path(uri[len("sqlite:///") :].split("?", 1)[0]).name
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+
+
+def check_store_file(uri: str, must_exist: bool = False) -> None:
+    """Refuse a local sqlite store whose path is a folder or a file that is not an SQLite database (MLflow would
+    fail deep inside SQLAlchemy); with ``must_exist``, also one that does not exist (reading never creates it).
+
+    Raises:
+        TrackingError: naming the file and the fix.
+    """
+    path = local_store_file(uri)
+    if path is None:
+        return
+    if path.is_dir():
+        raise TrackingError(
+            f"the MLflow store {path} is a folder, not a database file: pass --tracking-uri "
+            f"sqlite:///{path}/mlflow.db (a file in it) or another file."
+        )
+    if not path.exists():
+        if must_exist:
+            raise TrackingError(
+                f"there is no MLflow store {path}: run a grid first (run-grid --tracking-uri {mask_uri(uri)}), or "
+                "pass --tracking-uri / MLFLOW_TRACKING_URI naming an existing store."
+            )
+        return
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except OSError as err:
+        raise TrackingError(
+            f"cannot read the MLflow store {path} ({err.strerror or err}): make it readable or pass another "
+            "--tracking-uri."
+        ) from None
+    if head and head != _SQLITE_HEADER:
+        raise TrackingError(
+            f"{path} is not an SQLite database (it does not start with the SQLite header): pass --tracking-uri "
+            "naming the right file, or move this one away so that a new store is created there."
+        )
+
+
 def default_checkpoint_dir(uri: str) -> Path:
     """``checkpoints/`` next to a sqlite store, else ``checkpoints/`` in the working directory."""
     return (local_store_folder(uri) or Path.cwd()) / "checkpoints"
@@ -382,18 +428,21 @@ class Tracker:
             self._client = _Protected(MlflowClient(tracking_uri=self.uri))
         return self._client
 
-    def check(self, timeout_s: float = 5.0) -> None:
+    def check(self, timeout_s: float = 5.0, create: bool = True) -> None:
         """Fail fast (seconds, not minutes) if the store cannot be reached, before any training starts.
 
-        Also checks that a local artifact location (a sqlite store's ``mlartifacts/``, any ``file:`` location)
-        can be written.
+        Also checks that a local sqlite store is a database file (``check_store_file``) and that a local artifact
+        location (a sqlite store's ``mlartifacts/``, any ``file:`` location) can be written. With ``create=False``
+        (reading, the report) nothing is created: a missing local store is an error, a missing experiment is left
+        to the caller (``find_experiment_id`` is None) and the artifact location is not written to.
         """
         saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout_s)))
         try:
+            check_store_file(self.uri, must_exist=not create)
             folder = local_store_folder(self.uri)
-            if folder is not None:
+            if folder is not None and create:
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
                 except OSError as err:
@@ -401,6 +450,9 @@ class Tracker:
                         f"cannot create the folder {folder} of the MLflow store {mask_uri(self.uri)} "
                         f"({err.strerror or err}): pass --tracking-uri sqlite:///<a writable folder>/mlflow.db."
                     ) from None
+            if not create:
+                self.find_experiment_id()
+                return
             self.experiment_id()
         except TrackingError:
             raise
@@ -504,10 +556,7 @@ class Tracker:
                 )
             else:
                 if exp.lifecycle_stage == "deleted":
-                    raise TrackingError(
-                        f"experiment {self.experiment_name!r} is deleted in {mask_uri(self.uri)}; restore it "
-                        "(mlflow experiments restore) or pass another --experiment"
-                    )
+                    raise self._deleted(exp.experiment_id)
                 if schema.EXPERIMENT_KIND not in exp.tags:  # made by an earlier version or by hand
                     self.client.set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
                 self._experiment_id = exp.experiment_id
@@ -562,12 +611,40 @@ class Tracker:
     # Reading back (report): never creates the experiment, artifacts addressed by run id.
 
     def find_experiment_id(self) -> str | None:
-        """The experiment's id, or None when it does not exist or is deleted (unlike ``experiment_id``)."""
+        """The experiment's id, or None when it does not exist (unlike ``experiment_id``, never creates it).
+
+        Raises:
+            TrackingError: the experiment is deleted (in MLflow's trash: its name cannot be reused until it is
+                restored or purged), with the command that restores it.
+        """
         exp = self.client.get_experiment_by_name(self.experiment_name)
-        if exp is None or exp.lifecycle_stage == "deleted":
+        if exp is None:
             return None
+        if exp.lifecycle_stage == "deleted":
+            raise self._deleted(exp.experiment_id)
         self._experiment_id = exp.experiment_id
         return self._experiment_id
+
+    def _deleted(self, experiment_id: str) -> TrackingError:
+        return TrackingError(
+            f"experiment {self.experiment_name!r} is deleted in {mask_uri(self.uri)} (MLflow keeps its name until "
+            f"it is purged): restore it (mlflow experiments restore --experiment-id {experiment_id}, with "
+            "MLFLOW_TRACKING_URI set to this store) or pass another --experiment."
+        )
+
+    def missing_artifact_folder(self) -> Path | None:
+        """The experiment's local artifact folder when it no longer exists (moved or deleted), else None."""
+        from urllib.parse import unquote, urlparse
+
+        experiment_id = self.find_experiment_id()
+        if experiment_id is None:
+            return None
+        location = self.client.get_experiment(experiment_id).artifact_location or ""
+        parsed = urlparse(location)
+        if parsed.scheme not in ("", "file"):
+            return None
+        folder = Path(unquote(parsed.path) if parsed.scheme else location)
+        return None if folder.exists() else folder
 
     def read_artifact_text(self, run_id: str, path: str) -> str | None:
         """The text of a run's artifact, or None when the run has no such artifact."""

@@ -33,15 +33,31 @@ def decode(path: str, width: int, height: int) -> np.ndarray:
 
     ``Image.draft`` lets the JPEG decoder downscale by 1/2, 1/4 or 1/8 in the DCT domain while staying at least
     as large as the target (a large speed-up for big photos); ``convert("RGB")`` turns greyscale, CMYK, palette
-    and RGBA images into RGB (alpha dropped, as fastai's and torchvision's loaders do).
+    and RGBA images into RGB (alpha dropped, as fastai's and torchvision's loaders do). PIL's own conversion of a
+    16-bit greyscale image (modes ``I;16*``, and ``I`` as PIL opens some 16-bit PNGs and TIFFs) clips every value
+    above 255 to white, so those are scaled to 8 bits first (the high byte, as ``torchvision.io``'s
+    ``decode_image`` + ``to_dtype(uint8, scale=True)`` does); 32-bit float images (mode ``F``) have no agreed
+    range and are refused (``ValueError``: the file is reported as unreadable, with this message).
     """
     with Image.open(path) as image:
         if image.format == "JPEG":
             image.draft("RGB", (width, height))
-        rgb = image.convert("RGB")
+        rgb = _to_8bit(image).convert("RGB")
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(rgb)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """``image`` itself, or for a 16-bit greyscale mode its high byte as an 8-bit greyscale image."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        return Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        raise ValueError(
+            "a 32-bit floating-point image (PIL mode F) has no agreed pixel range: save it as 8- or 16-bit"
+        )
+    return image
 
 
 def _target(file: str) -> np.ndarray:

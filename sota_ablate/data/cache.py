@@ -147,7 +147,7 @@ def build_cache(items: Items | Sequence[Item], cfg: DataConfig, root: Path | Non
     folder = cfg.cache_root() / cache_key(keys, digests, cfg.presize, cfg.max_aspect)
     remove_stale(folder.parent)
     hit, rebuilt = False, False
-    if folder.exists():
+    if os.path.lexists(folder):  # a file or a broken link in its place is damage too, repaired the same way
         problem = check_cache(folder, len(items))
         if problem is None:
             hit = True

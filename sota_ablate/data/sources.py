@@ -164,15 +164,77 @@ def _class_folders(split_dir: Path) -> list[str]:
 
 
 def _images_under(folder: Path) -> list[str]:
+    """Every image file under ``folder``, sub-folders and symbolic links included, each real folder once.
+
+    Sub-folders belong to the class (labelled by ``folder``, not by their own names); a symbolic link that loops
+    back to a folder already walked is not followed again. Links that make one file appear under two classes or
+    splits are refused by ``_check_listing``.
+
+    Raises:
+        DataError: an image name that is a broken symbolic link or not a regular file (a FIFO would hang the
+            reader), naming it.
+    """
     found: list[str] = []
+    seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, name) for name in sorted(filenames) if _is_image(name))
+        for name in sorted(filenames):
+            if not _is_image(name):
+                continue
+            path = os.path.join(dirpath, name)
+            if not os.path.exists(path):
+                raise DataError(
+                    f"{path} is a broken symbolic link (to {os.readlink(path)}): restore its target or delete it."
+                )
+            if not os.path.isfile(path):
+                raise DataError(f"{path} has an image name but is not a regular file: move it out of the dataset.")
+            found.append(path)
     return found
+
+
+def _check_listing(root: Path, splits: Sequence[Sequence[Item]], classes: Sequence[str]) -> None:
+    """Refuse a file listed twice (through symbolic links): two labels for one image, or one in both splits.
+
+    Raises:
+        DataError: naming both paths and their class and split.
+    """
+    where: dict[str, tuple[str, str]] = {}
+    for split, items in zip(("train", "val"), splits, strict=True):
+        for path, label in items:
+            real = os.path.realpath(path)
+            if real in where:
+                first, first_where = where[real]
+                raise DataError(
+                    f"{path} ({split}/, class {classes[label]!r}) and {first} ({first_where}) are the same file "
+                    f"({real}, through symbolic links): one image would count twice, with two labels or in both "
+                    "train/ and val/. Replace the links by distinct images or remove one of them."
+                )
+            where[real] = (path, f"{split}/, class {classes[label]!r}")
+    stray = [
+        entry.name
+        for split in ("train", "val")
+        for entry in os.scandir(root / split)
+        if _is_image(entry.name) and not entry.is_dir()
+    ]
+    if stray:
+        logger.warning(
+            "ignoring %d image(s) directly in train/ or val/ of %s (%s): images are labelled by their class folder, "
+            "move them into one",
+            len(stray),
+            root,
+            ", ".join(sorted(stray)[:5]),
+        )
 
 
 def _list_folder(root: Path) -> tuple[list[Item], list[Item], list[str]]:
     layout = "pass --data PATH to a folder laid out as train/<class>/*.JPEG and val/<class>/*.JPEG"
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the dataset path {root} is a file, not a folder: {layout}.")
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist: {layout}.")
     missing = [name for name in ("train", "val") if not (root / name).is_dir()]
@@ -197,11 +259,12 @@ def _list_folder(root: Path) -> tuple[list[Item], list[Item], list[str]]:
             paths = _images_under(folder)
             if not paths:
                 raise DataError(
-                    f"class folder {folder} has no images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}): "
-                    "add images to it or remove it from both train/ and val/."
+                    f"class folder {folder} has no images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}, any "
+                    "case): add images to it or remove it from both train/ and val/."
                 )
             items.extend((path, label) for path in paths)
         splits.append(items)
+    _check_listing(root, splits, classes)
     return splits[0], splits[1], classes
 
 

@@ -93,7 +93,16 @@ def remove_stale(parent: Path) -> list[Path]:
 
 
 def discard(folder: Path) -> None:
-    """Move a bad cache folder out of the way (one atomic rename), then delete it."""
+    """Move a bad cache folder out of the way (one atomic rename), then delete it; a file or a symbolic link in
+    the folder's place (whatever it points to) is unlinked."""
+    if folder.is_symlink() or not folder.is_dir():
+        try:
+            folder.unlink()
+        except FileNotFoundError:  # another process removed it first
+            pass
+        except OSError:  # a read-only cache folder: the rebuild that follows says so
+            pass
+        return
     try:
         aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.bad-", dir=folder.parent))
     except OSError:  # a read-only cache folder: the rebuild that follows says so
