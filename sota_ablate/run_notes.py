@@ -49,7 +49,7 @@ def cell_note(
         lines.append("Techniques: none (the baseline).")
     lines += [
         "",
-        f"Recipe: {t.model}, fit_one_cycle for {_epochs(t.epochs)} at lr {t.lr:g} (wd {t.wd:g}), batch size "
+        f"Recipe: {t.model}, fit_one_cycle for {_epochs(t.epochs)} at lr {'found by lr-find' if t.lr == 'find' else _value(t.lr)} (wd {t.wd:g}), batch size "
         f"{t.batch_size}, {t.size} px images.",
     ]
     if records:
