@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sota_ablate import schema
+from sota_ablate import interrupts, schema
 from sota_ablate.artifacts import EpochLogger, judged_metrics, log_results
 from sota_ablate.config import LR_FIND
 from sota_ablate.data import ImageData
@@ -136,7 +136,7 @@ def _train(
             writer.append(CheckpointWriter(ckpt_file, plan.config_hash, meta, restored, elapsed, out=out))
         if ckpt is not None:
             logger.backfill(restored)
-        observers = Observers(*writer, console, logger, *([observer] if observer else []))
+        observers = Observers(*writer, console, logger, *([observer] if observer else []), _InterruptCheck())
         start_epoch, resume = (ckpt["next_epoch"], restorer(ckpt)) if ckpt is not None else (0, None)
         records = restored + fit(s, plan.techniques, observers, start_epoch=start_epoch, resume=resume)
         wall = time.perf_counter() - start
@@ -177,6 +177,17 @@ def _train(
                 _stopped(run, stop, store_err)
                 raise stop from None
             raise
+
+
+class _InterruptCheck(LoopObserver):
+    """Last observer: an interrupt whose KeyboardInterrupt was dropped (``interrupts.raise_if_requested``) ends the
+    cell after the batch, once the observers before it have written the epoch's checkpoint and metrics."""
+
+    def batch(self) -> None:
+        interrupts.raise_if_requested()
+
+    def epoch(self, record: Any, result: Any) -> None:
+        interrupts.raise_if_requested()
 
 
 def _stopped(run: Run, stop: Exception, err: Exception) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 _depth = 0  # nesting of protected blocks in the main thread
 _pending = False  # an interrupt arrived inside a protected block
 _main_pid: int | None = None
+_requested = False  # an interrupt arrived (its KeyboardInterrupt may have been dropped: raise_if_requested)
 
 
 @contextmanager
@@ -49,11 +50,26 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker: just die quietly
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    global _requested
+    _requested = True
     if _depth > 0 and not _pending:
         _pending = True
         return
     _pending = False
     raise KeyboardInterrupt
+
+
+def raise_if_requested() -> None:
+    """Raise the interrupt that arrived but never surfaced.
+
+    Python drops an exception raised while a finalizer (``__del__``) or a weakref callback runs ("Exception ignored
+    in ..."), so a signal landing during garbage collection would be lost and the grid would train on: the training
+    loop calls this after every batch (``cell_run``), so such a SIGTERM ends the cell one batch later.
+    """
+    global _requested
+    if _requested:
+        _requested = False
+        raise KeyboardInterrupt
 
 
 def install() -> Callable[[], None]:
@@ -65,7 +81,8 @@ def install() -> Callable[[], None]:
     global _main_pid, _pending
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    _main_pid, _pending = os.getpid(), False
+    global _requested
+    _main_pid, _pending, _requested = os.getpid(), False, False
     previous: dict[int, Any] = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def restore() -> None:

@@ -81,3 +81,25 @@ def test_mlflow_calls_are_protected(handlers, tmp_path: Path) -> None:
     run.end("KILLED")
     assert [m.value for m in tracker.client.get_metric_history(run.run_id, "accuracy")] == [0.5]  # committed
     assert tracker.client.get_run(run.run_id).info.status == "KILLED"
+
+
+def test_an_interrupt_dropped_by_a_finalizer_is_raised_after_the_next_batch() -> None:
+    """Python drops an exception raised while a ``__del__`` runs; the training loop's check raises it again."""
+    import gc
+    import signal
+
+    from sota_ablate import interrupts
+
+    class Finalised:
+        def __del__(self) -> None:
+            interrupts._handler(signal.SIGTERM, None)  # the signal lands while a finalizer runs: dropped
+
+    restore = interrupts.install()
+    try:
+        Finalised()  # collected at once: "Exception ignored in ..." and the KeyboardInterrupt is gone
+        gc.collect()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.raise_if_requested()
+        interrupts.raise_if_requested()  # raised once only
+    finally:
+        restore()
