@@ -95,18 +95,24 @@ class Drill:
         return subprocess.Popen(self.args(*extra), stdout=f, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})  # fmt: skip
 
-    def wait_for(self, log: str, text: str, timeout: float = 300) -> None:
+    def wait_for(self, log: str, *texts: str, after: str = "", timeout: float = 300) -> None:
+        """Until any of ``texts`` is in ``log`` (in the part from ``after`` on, when given)."""
         deadline = time.monotonic() + timeout
-        while text not in (self.root / log).read_text():
+
+        def seen() -> bool:
+            text = (self.root / log).read_text()
+            start = text.find(after)
+            return start >= 0 and any(t in text[start:] for t in texts)
+
+        while not seen():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{text!r} not in {log} after {timeout} s")
+                raise TimeoutError(f"none of {texts!r} in {log} after {timeout} s")
             time.sleep(0.2)
 
     def interrupted(self, sig: signal.Signals = signal.SIGTERM) -> int:
         """Start the grid, stop it with ``sig`` once cell ``b`` finished its first epoch; its exit status."""
         p = self.start("first.log")
-        self.wait_for("first.log", "[2/3] b")
-        self.wait_for("first.log", "\n0 ")
+        self.wait_for("first.log", "\n0 ", after="[2/3] b")
         p.send_signal(sig)
         return p.wait(timeout=60)
 
@@ -171,7 +177,8 @@ def fault_concurrent(root: Path) -> Outcome:
     d = Drill(root)
     warm = d.run("--cells", "a", "--experiment", "warm")  # the store and the cache exist before both start
     first, second = d.start("first.log"), d.start("second.log")
-    d.wait_for("second.log", "[1/3]")
+    # The second is paused once it works on the cells: training one, or finding the first's claim on ``a``.
+    d.wait_for("second.log", "[1/3]", "another process is training it")
     second.send_signal(signal.SIGSTOP)
     time.sleep(5)
     second.send_signal(signal.SIGCONT)
