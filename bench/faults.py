@@ -2,7 +2,7 @@
 profile, a generated image folder, a temporary sqlite store or tracking server) and check that nothing is lost,
 duplicated, mixed or hung. Prints one row per fault: what was done, what must happen, what happened, ok.
 
-    python bench/faults.py                 # every fault (about 5-10 minutes on a 2-core CPU)
+    python bench/faults.py                 # every fault (about 7 minutes on an idle 2-core CPU)
     python bench/faults.py --only sigkill,concurrent
 
 Faults that need root (a small tmpfs for a full disk) are reported as skipped elsewhere.
