@@ -38,6 +38,7 @@ from sota_ablate.precision import Target
 from sota_ablate.profiles import Profile
 from sota_ablate.registry import UnknownNameError
 from sota_ablate.techniques import Technique, create_techniques, label
+from sota_ablate.train.loop import recipe_stages
 from sota_ablate.train.state import uses_channels_last
 
 # data.info keys that describe how the data was loaded this time, not which data: not part of any identity.
@@ -265,7 +266,12 @@ def _resolve(
     cfg = apply_overrides(cfg, dict(overrides), where="the command line")
     cfg.validate(where="--set" if overrides else "")
     cfg = dataclasses.replace(cfg, epochs=scale_epoch_count(cfg.epochs, scale))
-    return cfg, [t.scale_epochs(scale) for t in techniques], weights
+    techniques = [t.scale_epochs(scale) for t in techniques]
+    try:
+        recipe_stages(cfg, techniques)  # what the techniques make of the final recipe (progressive's sizes)
+    except ConfigError as err:
+        raise GridError(f"{grid.source}: cell {cell.name!r}: {err}") from None
+    return cfg, techniques, weights
 
 
 def make_plans(grid: Grid, seeds: Sequence[int], opts: RunOptions, git_commit: str = "unknown") -> list[CellPlan]:

@@ -183,3 +183,15 @@ def test_cells_that_both_replace_the_batch_are_refused():
     with pytest.raises(GridError, match=r"g.toml: cell .x.*cannot be combined.*batch") as err:
         resolve_all(grid)
     assert f"'{both[0]}'" in str(err.value) and f"'{both[1]}'" in str(err.value)
+
+
+def test_progressive_must_start_smaller_than_the_recipe_size():
+    grid = load_grid("fair")
+    progressive = next(c for c in grid.cells if c.name == "progressive")
+    profile = Profile("p", "", train={"size": 32}, techniques={"progressive": {"initial_size": 40}})
+    with pytest.raises(GridError, match=r"cell 'progressive'.*initial_size = 40 is not smaller than.*size = 32.*lower"):
+        plan_cell(progressive, grid, profile, {}, 1.0)
+    with pytest.raises(GridError, match=r"initial_size = 40 is not smaller than the recipe's size = 40"):
+        plan_cell(progressive, grid, profile, {"size": 40}, 1.0)
+    cfg, _ = plan_cell(progressive, grid, profile, {"size": 64}, 1.0)
+    assert cfg.size == 64

@@ -90,6 +90,12 @@ class Progressive(Technique):
         return dataclasses.replace(self, initial_epochs=small, freeze_epochs=frozen), fine_tune
 
     def plan(self, stages: list[Stage], cfg: TrainConfig) -> list[Stage]:
+        if self.initial_size >= cfg.size:
+            raise ConfigError(
+                f"progressive.initial_size = {self.initial_size} is not smaller than the recipe's size = {cfg.size}: "
+                "progressive resizing starts small; lower progressive.initial_size (e.g. "
+                f"progressive.initial_size={max(8, cfg.size * 5 // 8)}) or raise size."
+            )
         small = Stage(
             name="progressive_small",
             epochs=self.initial_epochs,
