@@ -187,6 +187,8 @@ class Grid:
     sweep: Sweep | None = None
     # cells not run but resolved: the reference arms of equal-compute cells whose reference was not selected
     references: tuple[Cell, ...] = ()
+    # the grid file's cells that ``select`` (``--cells``) left out: logged on the grid run, named by the report
+    left_out: tuple[str, ...] = ()
 
     def select(self, names: Sequence[str]) -> Grid:
         """Keep only the named cells (in the grid's order); unknown names list the known ones. An equal-compute
@@ -201,7 +203,8 @@ class Grid:
         kept = tuple(c for c in self.cells if c.name in wanted)
         needed = {f"{c.sweep.reference}@{c.sweep.value_text}" for c in kept if c.sweep and c.sweep.unit == "flops"}
         references = tuple(c for c in (*self.cells, *self.references) if c.name in needed - wanted)
-        return Grid(self.name, kept, self.seeds, self.description, self.source, self.sweep, references)
+        left_out = (*self.left_out, *(n for n in known if n not in wanted))
+        return Grid(self.name, kept, self.seeds, self.description, self.source, self.sweep, references, left_out)
 
 
 def _dotted(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

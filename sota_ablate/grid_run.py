@@ -276,6 +276,7 @@ def start_grid_run(
             schema.PROFILE_DESCRIPTION: opts.profile.description,
             schema.SEEDS: list(seeds),
             schema.CELLS: [c.name for c in grid.cells],
+            **({schema.CELLS_LEFT_OUT: list(grid.left_out)} if grid.left_out else {}),
             schema.EPOCHS_SCALE: opts.epochs_scale,
             schema.DEVICE: str(opts.device),
             schema.DESCRIPTION: grid.description,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -213,3 +214,9 @@ def test_smoke_equal_compute_grid_lands_in_mlflow(image_folder, tmp_path):
     assert ls["params.budget.achieved_flops"] == ls["params.train_flops"] == ls["params.budget.target_flops"]
     assert cells.loc["baseline@1", "params.budget.target_flops"] == cells.loc["baseline@1", "params.train_flops"]
     assert ls["metrics.final_accuracy"] >= 0 and int(ls["params.optimizer_steps"]) > 0
+    # the cells --cells left out are on the grid run, and the report says nothing speaks for them
+    assert sorted(json.loads(parent[f"params.{schema.CELLS_LEFT_OUT}"])) == ["baseline@2", "label_smoothing@1"]
+    out = tmp_path / "reports"
+    assert main(["report", "--tracking-uri", uri, "--experiment", "bg", "--out", str(out), "--no-log"]) == 0
+    text = (out / "tiny" / "README.md").read_text()
+    assert "`run-grid --cells` left out `label_smoothing@1` and `baseline@2` of the grid file" in text

@@ -7,6 +7,8 @@ All of them are read from the runs: none is typed in for a particular grid."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from collections.abc import Sequence
 
@@ -44,6 +46,12 @@ def honesty_notes(
     that differ from the reference's, for a sweep grid, whose section says what it held equal at each value)."""
     notes: list[str] = []
     by_cell = {s.cell: s for s in summaries}
+    left_out = left_out_cells(data)
+    if left_out:
+        notes.append(
+            f"**Not the whole grid.** `run-grid --cells` left out {listing([f'`{c}`' for c in left_out])} of the "
+            "grid file: nothing here speaks for them."
+        )
     incomplete = [s for s in summaries if not s.complete]
     if incomplete:
         listed = ", ".join(f"`{s.cell}` ({s.status})" for s in incomplete)
@@ -148,6 +156,17 @@ def honesty_notes(
 
 SLOW = 0.75  # a run slower than 75 % of the median images/s of its cell's other seeds was timed on a loaded machine
 CPU_EXCESS = 20.0  # or its mean system CPU % is this many points above the median of the cell's other seeds
+
+
+def left_out_cells(data: GridData) -> list[str]:
+    """The grid file's cells that ``--cells`` left out of this grid run (logged as a list on the grid run)."""
+    value = data.parent_param(schema.CELLS_LEFT_OUT)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    if not value:
+        return []
+    return [str(n) for n in value] if isinstance(value, list) else [str(value)]
 
 
 def loaded_runs(data: GridData) -> list[tuple[str, int, str]]:

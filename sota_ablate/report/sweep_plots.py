@@ -111,7 +111,7 @@ def plot_sweep(sweep: Sweep, colours: Mapping[str, str]) -> Any:
     _value_axis(right, sweep, _axis_label(sweep))
     right.set_ylabel(f"Δ vs {sweep.reference} (points, 95% CI)")
     right.set_title(f"difference from {sweep.reference} at the same value", fontsize=10)
-    if compared:
+    if right.get_legend_handles_labels()[0]:  # none when no value had both arms
         right.legend(fontsize=8, loc="best")
     right.grid(alpha=0.3)
     fig.tight_layout()
