@@ -164,3 +164,16 @@ def test_factorial_grid_report_has_main_effects(tmp_path: Path):
     assert "Mixup" not in titles and "Progressive resizing" not in titles  # no such cell: one note instead
     assert "Chapter steps not in this grid" in titles
     assert "Progressive resizing, Test time augmentation, Mixup" in text
+
+
+def test_only_cells_that_train_alike_are_drawn_once():
+    """tta trains as the baseline (same recipe and stages); baseline@10 trains 10 epochs, not as baseline@5."""
+    from sota_ablate.report.overview import distinct_training
+
+    data = _grid(
+        {"baseline": ("none", [0.5, 0.5]), "tta": ("tta", [0.5, 0.5]), "baseline@10": ("none", [0.6, 0.6])},
+        stages={"baseline@10": LONG},
+    )
+    drawn, labels, note = distinct_training(data)
+    assert drawn == ["baseline", "baseline@10"] and labels["baseline"] == "baseline = tta"
+    assert "`tta` trains exactly as `baseline`" in note and "baseline@10" not in note

@@ -141,7 +141,7 @@ def test_summary_markdown_marks_best_and_incomplete(handmade):
     assert "0.8200 ± 0.0200 (n=3)" in lines["baseline"] and "(reference)" in lines["baseline"]
     assert "+3.67 pts [" in lines["normalize"]
     assert "⚠ missing" in lines["fp16"] and "⚠ 1/3 seeds; 1 failed, 1 missing" in lines["mixup"]
-    assert "0.8252 (book)" in lines["baseline"] and "0.8245 (book)" in lines["normalize"]
+    assert "0.8252 (book, 5 ep)" in lines["baseline"] and "0.8245 (book, 5 ep)" in lines["normalize"]  # 2 epochs
     assert "10.0 s" in lines["baseline"] and "| 100 |" in lines["baseline"]
 
 
@@ -168,6 +168,9 @@ def test_published_numbers_are_shipped():
     assert published.published_final("fastbook-ch7", "progressive_tta") == pytest.approx(0.8737863898277283)
     assert published.published_text(frozenset({"mixup"})) == "0.8764 (repl.)"
     assert published.published_text(frozenset({"normalize", "mixup"})) == "-"
+    assert published.published_text(frozenset({"mixup"}), 15) == "0.8764 (repl.)"
+    assert published.published_text(frozenset(), 40) == "0.8252 (book, 5 ep); 0.8204 (repl., 5 ep)"
+    assert published.published_text(frozenset({"progressive"}), 10).startswith("0.8633 (book); ")
     readme = ROOT / "sota_ablate" / "resources" / "README.md"
     assert "07_sizing_and_tta" in readme.read_text() and "000_c02ea65f3b71f318.txt" in readme.read_text()
 

@@ -7,6 +7,8 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+import pandas as pd
+
 from sota_ablate import schema
 from sota_ablate.report import effects, predictions, result_plots, stats, synthesis, verdicts
 from sota_ablate.report.collect import GridData
@@ -116,23 +118,40 @@ def summary_notes(summaries: Sequence[CellSummary], reference: str | None, book:
     return notes
 
 
+def _training_recipe(rows: pd.DataFrame, training: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """What a cell's first complete run trained with: its recipe (``train.*`` but the seed), its stages and the
+    hyperparameters of its training techniques; two cells train alike only when these agree."""
+    if rows.empty:
+        return ()
+    row = rows.iloc[0]
+    prefixes = (param(schema.TRAIN_PREFIX), *(param(f"{schema.TECH_PREFIX}{t}.") for t in training))
+    keys = [
+        c
+        for c in rows.columns
+        if (c.startswith(prefixes) and c != param(schema.train_param("seed"))) or c == param(schema.STAGES)
+    ]
+    return tuple(sorted((c, str(row[c])) for c in keys))
+
+
 def distinct_training(data: GridData) -> tuple[list[str], dict[str, str], str]:
     """(cells to draw, legend label per cell, note): a cell that trains exactly like another (it differs only by
     techniques that change evaluation, ``trains = False``) is drawn once, under both names."""
     drawn: list[str] = []
     labels: dict[str, str] = {}
     merged = []
-    trained_as: dict[frozenset[str], str] = {}
+    trained_as: dict[tuple, str] = {}
     for cell in data.cells:
         techniques = data.technique_set(cell)
         training = frozenset(t for t in techniques if t not in TECHNIQUES or TECHNIQUES.get(t).trains)
-        if training in trained_as and data.cell_rows(cell).shape[0]:
-            first = trained_as[training]
+        rows = data.cell_rows(cell)
+        key = (training, _training_recipe(rows, training))
+        if key in trained_as and rows.shape[0]:
+            first = trained_as[key]
             labels[first] = f"{labels[first]} = {cell}"
             merged.append(f"`{cell}` trains exactly as `{first}`")
             continue
-        if data.cell_rows(cell).shape[0]:
-            trained_as[training] = cell
+        if rows.shape[0]:
+            trained_as[key] = cell
         drawn.append(cell)
         labels[cell] = cell
     note = (

@@ -47,6 +47,12 @@ PUBLISHED_RECIPE_TEXT = {
     "label_smoothing_15ep_128_fp16": "after 15 epochs at 128 px, fp16",
     "all_224_fp16": "after 15 epochs at 128 px, then fine_tune 1 + 10 at 224 px, fp16 (no TTA)",
 }
+# the total training epochs of each published recipe (all stages), to say when a cell trained a different number
+PUBLISHED_EPOCHS = {
+    "baseline": 5, "baseline_fp32": 5, "baseline_fp16": 5, "normalize": 5, "normalize_fp16": 5,
+    "progressive_224": 10, "progressive_224_fp16": 10, "progressive_tta": 10, "progressive_tta_fp16": 10,
+    "mixup_15ep_128_fp16": 15, "label_smoothing_15ep_128_fp16": 15, "all_224_fp16": 26,
+}  # fmt: skip
 # technique -> ((source, recipe with it), (source, recipe without it)): the published effect of switching it on, where
 # the two recipes differ by that technique only (the book's TTA was applied to its progressive model)
 PUBLISHED_EFFECTS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
@@ -72,8 +78,9 @@ PRINTED_TABLES: dict[frozenset[str], tuple[str, ...]] = {
 }
 # the summary table's footnote on its published column
 PUBLISHED_NOTE = (
-    "published: the chapter's printed number (book) and its fp16 replication (repl.), for the matching "
-    "recipe; see `sota_ablate/resources/README.md`. The book's TTA number is on the progressive model."
+    "published: the chapter's printed number (book) and its fp16 replication (repl.), for the same "
+    "techniques (`, N ep`: the published recipe trained N epochs, not the cell's number); see "
+    "`sota_ablate/resources/README.md`. The book's TTA number is on the progressive model."
 )
 
 
@@ -110,12 +117,19 @@ def published_for(techniques: frozenset[str]) -> list[tuple[str, str, float]]:
     return out
 
 
-def published_text(techniques: frozenset[str]) -> str:
-    """``0.8252 (book); 0.8204 (repl.)`` for the summary table's published column; ``-`` when none."""
+def published_text(techniques: frozenset[str], epochs: int | None = None) -> str:
+    """``0.8252 (book); 0.8204 (repl.)`` for the summary table's published column; ``-`` when none. A cell that
+    trained ``epochs`` other than the published recipe's gets them named: ``0.8252 (book, 5 ep)``."""
     items = published_for(techniques)
     if not items:
         return "-"
-    return "; ".join(f"{acc:.4f} ({SOURCE_LABEL.get(src, src)})" for src, _, acc in items)
+
+    def label(source: str, recipe: str) -> str:
+        published = PUBLISHED_EPOCHS.get(recipe)
+        differs = epochs is not None and published is not None and published != epochs
+        return SOURCE_LABEL.get(source, source) + (f", {published} ep" if differs else "")
+
+    return "; ".join(f"{acc:.4f} ({label(src, recipe)})" for src, recipe, acc in items)
 
 
 def published_epoch_markdown(source: str, *recipes: str) -> str:

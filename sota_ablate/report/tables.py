@@ -163,6 +163,7 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
             data.first(cell, keys.param(schema.train_param("size"))),
             data.first(cell, keys.param(schema.train_param("batch_size"))),
         )
+        epochs = total_epochs(stages, fallback[0])
         device = data.first(cell, keys.param(schema.DEVICE)) or data.first(cell, keys.tag(schema.DEVICE)) or "-"
         out.append(
             CellSummary(
@@ -170,7 +171,7 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
                 techniques=techniques,
                 label=label(techniques),
                 recipe=stage_recipe(stages, fallback),
-                epochs=total_epochs(stages, fallback[0]),
+                epochs=epochs,
                 status=status,
                 complete=complete,
                 accuracy=stats.summarize(list(acc.values())),
@@ -184,7 +185,7 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
                 images_per_s=_mean_of(data.values(cell, keys.metric(schema.MEAN_IMAGES_PER_S))),
                 device=str(device),
                 dtype=str(data.first(cell, keys.param(schema.DTYPE)) or "-"),
-                published=published_text(techniques) if book else "-",
+                published=published_text(techniques, epochs) if book else "-",
             )
         )
     return out
