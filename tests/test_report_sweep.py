@@ -148,3 +148,13 @@ def test_budget_report_end_to_end(tmp_path: Path):
     assert "Budgets differ between compared cells" not in readme
     for name in sweep_section.FIGURES.values():
         assert (out / "budget" / name).stat().st_size > 10_000
+
+
+def test_sweep_cells_share_their_arm_colour_and_differ_in_line_style():
+    from sota_ablate.report.result_plots import sweep_line_styles
+
+    styles = sweep_line_styles(_noise_grid(), ["baseline@0", "baseline@25", "baseline@50", "mixup@50"])
+    assert styles == {"baseline@50": "-", "mixup@50": "-", "baseline@25": "--", "baseline@0": "-."}
+    plain = GridData("g", pd.DataFrame([{"run_id": "p"}]), pd.DataFrame([{"run_id": "r", "cell": "c", "seed": 0,
+                     "state": "complete"}]), ["c"], [0])  # fmt: skip
+    assert sweep_line_styles(plain, ["c"]) == {}

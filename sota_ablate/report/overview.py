@@ -187,6 +187,11 @@ def glance(
     """The figures "at a glance": curves, final accuracy, accuracy vs time, the best cell's confusion matrix."""
     refs = []
     drawn, labels, merged = distinct_training(data)
+    styles = (
+        " Colour: the arm; line style: the swept value (solid: the largest, then dashed, dash-dotted, dotted)."
+        if result_plots.sweep_line_styles(data, drawn)
+        else ""
+    )
     if any(not h.empty for h in data.histories.values()):
         refs.append(
             writer.save(
@@ -194,7 +199,7 @@ def glance(
                 lambda: result_plots.plot_accuracy_by_epoch(data, colours, drawn, labels),
                 "validation accuracy by epoch and by elapsed time, every cell",
                 "Validation accuracy by epoch (left) and against elapsed training + validation time (right): mean "
-                "over seeds, shaded band: the seeds' range." + merged,
+                "over seeds, shaded band: the seeds' range." + styles + merged,
             )
         )
         refs.append(

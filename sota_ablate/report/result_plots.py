@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from sota_ablate import schema
 from sota_ablate.report import keys
 from sota_ablate.report.canvas import pyplot
 from sota_ablate.run_figures import confusion_matrix_figure
@@ -71,6 +72,7 @@ def _curves(
     """Mean curve of ``key`` per cell with its seeds' min-max band; ``x_of(cell, epochs)``: other x values (wall
     time); ``labels``: legend text per cell."""
     drew = False
+    styles = sweep_line_styles(data, cells)
     for cell in cells:
         series = cell_histories(data, cell, key)
         if not series:
@@ -84,13 +86,33 @@ def _curves(
             ax.fill_between(
                 x, frame.min(axis=1).values, frame.max(axis=1).values, color=colours[cell], alpha=0.15, lw=0
             )
-        ax.plot(
-            x, mean.values, "o-", ms=3, color=colours[cell], lw=1.8, label=labels.get(cell, cell) if labels else cell
-        )
+        ax.plot(x, mean.values, marker="o", ms=3, color=colours[cell], lw=1.8, linestyle=styles.get(cell, "-"),
+                label=labels.get(cell, cell) if labels else cell)  # fmt: skip
         drew = True
     if x_of is None:
         _integer_epochs(ax)
     return drew
+
+
+SWEEP_STYLES = ("-", "--", "-.", ":")  # the largest swept value solid, smaller ones lighter dashes
+
+
+def sweep_line_styles(data: GridData, cells: Sequence[str]) -> dict[str, Any]:
+    """A sweep grid's cells share their arm's colour; the line style tells the swept value (largest: solid)."""
+    values: dict[str, str] = {}
+    for cell in cells:
+        value = data.first(cell, keys.tag(schema.SWEEP_VALUE))
+        if value is not None and not (isinstance(value, float) and value != value):
+            values[cell] = str(value)
+
+    def order(v: str) -> tuple[int, float | str]:
+        try:
+            return (0, float(v))
+        except ValueError:
+            return (1, v)
+
+    ranked = sorted(set(values.values()), key=order, reverse=True)
+    return {cell: SWEEP_STYLES[ranked.index(v) % len(SWEEP_STYLES)] for cell, v in values.items()}
 
 
 def elapsed_time(data: GridData, cell: str, epochs: Any) -> Any:
