@@ -159,14 +159,16 @@ CPU_EXCESS = 20.0  # or its mean system CPU % is this many points above the medi
 
 
 def left_out_cells(data: GridData) -> list[str]:
-    """The grid file's cells that ``--cells`` left out of this grid run (logged as a list on the grid run)."""
+    """The grid file's cells that ``--cells`` left out of this grid run (logged as a list on the grid run) and that
+    no other aggregated grid run trained."""
     value = data.parent_param(schema.CELLS_LEFT_OUT)
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = json.loads(value)
     if not value:
         return []
-    return [str(n) for n in value] if isinstance(value, list) else [str(value)]
+    names = [str(n) for n in value] if isinstance(value, list) else [str(value)]
+    return [n for n in names if n not in data.cells]  # --all-seeds: another grid run may have trained them
 
 
 def loaded_runs(data: GridData) -> list[tuple[str, int, str]]:
