@@ -60,6 +60,12 @@ def _tight(ax: Any, lows: list[float], highs: list[float], zero: bool = False) -
     ax.set_ylim(lo - pad, hi + pad)
 
 
+def _legend_below(ax: Any) -> None:
+    """The legend under the axes, where it hides no point."""
+    n = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if n > 3 else n, frameon=False)
+
+
 def _range(p: Point) -> tuple[float, float]:
     seeds = list(p.seeds.values())
     return (min(seeds), max(seeds)) if seeds else (math.nan, math.nan)
@@ -69,7 +75,7 @@ def plot_sweep(sweep: Sweep, colours: Mapping[str, str]) -> Any:
     """Left: accuracy against the swept value per arm (mean, seeds' range as a band). Right: each arm's difference
     from the reference with its 95% interval, zero dashed, crossovers dotted."""
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     lows, highs = [], []
     for arm in sweep.arms:
         points = [p for p in arm.points if p.accuracy.n]
@@ -86,7 +92,7 @@ def plot_sweep(sweep: Sweep, colours: Mapping[str, str]) -> Any:
     _value_axis(left, sweep, _axis_label(sweep))
     left.set_ylabel("final accuracy")
     left.set_title(f"accuracy against {_axis_label(sweep)}", fontsize=10)
-    left.legend(fontsize=8, loc="best")
+    handles, names = left.get_legend_handles_labels()
     left.grid(alpha=0.3)
     compared = sweep.compared
     lows, highs = [], []
@@ -99,22 +105,24 @@ def plot_sweep(sweep: Sweep, colours: Mapping[str, str]) -> Any:
         y = [100 * p.diff.delta for p in points]
         low = [100 * (p.diff.delta - p.diff.ci_low) if p.diff.has_ci else 0.0 for p in points]
         high = [100 * (p.diff.ci_high - p.diff.delta) if p.diff.has_ci else 0.0 for p in points]
-        right.errorbar(x, y, yerr=[low, high], fmt="o-", color=colour, capsize=3, markersize=4, label=arm.name)
+        right.errorbar(x, y, yerr=[low, high], fmt="o-", color=colour, capsize=3, markersize=4)
         lows += [yy - lo for yy, lo in zip(y, low, strict=True)]
         highs += [yy + hi for yy, hi in zip(y, high, strict=True)]
         found = arm.crossover
         if found is not None and found.kind in (ABOVE, BELOW):
-            right.axvline(_position(sweep, found.value), color=colour, linestyle=":", linewidth=1.2,
-                          label=f"{arm.name}: from {format_value(found.value)} on")  # fmt: skip
+            right.axvline(_position(sweep, found.value), color=colour, linestyle=":", linewidth=1.2)
     right.axhline(0, color="#444444", linestyle="--", linewidth=0.8)
     _tight(right, lows, highs, zero=True)
     _value_axis(right, sweep, _axis_label(sweep))
     right.set_ylabel(f"Δ vs {sweep.reference} (points, 95% CI)")
     right.set_title(f"difference from {sweep.reference} at the same value", fontsize=10)
-    if right.get_legend_handles_labels()[0]:  # none when no value had both arms
-        right.legend(fontsize=8, loc="best")
     right.grid(alpha=0.3)
-    fig.tight_layout()
+    # one legend for both panels, under them (the arms' colours; a dotted line is the arm's crossover)
+    columns = min(4, len(names)) or 1
+    rows = math.ceil(len(names) / columns)
+    if names:
+        fig.legend(handles, names, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, min(0.4, 0.055 * rows + 0.01), 1, 1))
     return fig
 
 
@@ -122,7 +130,7 @@ def plot_compute(sweep: Sweep, colours: Mapping[str, str]) -> Any:
     """Accuracy against training FLOPs (left, log axis) and wall time (right) per (arm, budget): mean over seeds,
     bars: the seeds' range, a line through each arm's budgets."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4), sharey=True)
     lows, highs = [], []
     for ax, attribute, label in ((axes[0], "flops", "training FLOPs"), (axes[1], "wall_time", "wall time (s)")):
         drew = False
@@ -139,12 +147,19 @@ def plot_compute(sweep: Sweep, colours: Mapping[str, str]) -> Any:
             lows += [b[0] for b in band]
             highs += [b[1] for b in band]
             drew = True
-        if attribute == "flops" and drew:
-            ax.set_xscale("log")
+        xs = [getattr(p, attribute) for arm in sweep.arms for p in arm.points if p.accuracy.n]
+        xs = [x for x in xs if not math.isnan(x) and x > 0]
+        if attribute == "flops" and drew and xs and max(xs) >= 10 * min(xs):
+            ax.set_xscale("log")  # budgets that double: a decade or more
+            from matplotlib.ticker import NullFormatter
+
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif attribute == "flops" and drew:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         if drew:
-            ax.legend(fontsize=8, loc="best")
+            _legend_below(ax)
         else:
             ax.text(0.5, 0.5, f"no {label} logged", transform=ax.transAxes, ha="center", va="center")
     _tight(axes[0], lows, highs)
