@@ -78,6 +78,32 @@ def is_store_error(err: BaseException) -> bool:
     return module.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
 
 
+# How a store reports that two writers inserted the same row at once (sqlite, PostgreSQL, MySQL; a tracking server
+# passes the database's words on): MLflow checks, then inserts, in separate steps for datasets and experiment tags.
+RACE_TEXT = ("unique constraint failed", "integrityerror", "duplicate key value", "duplicate entry")
+
+
+def is_insert_race(err: BaseException) -> bool:
+    """True when ``err`` says another writer inserted the same row between MLflow's check and its insert."""
+    text = f"{type(err).__name__}: {err}".lower()
+    return any(t in text for t in RACE_TEXT)
+
+
+def retry_insert_race(call: Any, *args: Any, attempts: int = 5, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, tried again when a concurrent writer won an insert race (``is_insert_race``):
+    the next attempt finds the row the other one wrote. Two ``run-grid`` on one store log the same dataset and tag
+    the same experiment at about the same moment; each attempt is one transaction, rolled back when it fails."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:
+            if attempt == attempts - 1 or not is_insert_race(err):
+                raise
+            log.debug("store insert race (%s), trying again", err)
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def outage(err: BaseException, uri: str) -> TrackingError:
     """The error for a store that stopped answering mid-grid: what happened and how to continue."""
     first = str(err).splitlines()[0][:300] if str(err) else ""
@@ -369,7 +395,7 @@ class Run:
             meta = MetaDataset(source, name=spec.name, digest=spec.digest[:36]).to_dict()
             entity = Dataset(**meta, profile=json.dumps(dict(spec.profile)))
             inputs.append(DatasetInput(entity, tags=[InputTag(schema.DATASET_CONTEXT, spec.context)]))
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        retry_insert_race(self.client.log_inputs, self.run_id, datasets=inputs)
 
     def log_pytorch_model(self, model: Any, example: Any, registered_name: str | None = None) -> None:
         """``model`` as the run's MLflow model (``schema.MODEL``; pytorch flavour, ``pt2``: torch.export), with
@@ -551,14 +577,20 @@ class Tracker:
                 # A sqlite store keeps its artifacts next to the database, never in ./mlruns of the cwd.
                 folder = local_store_folder(self.uri)
                 location = (folder / "mlartifacts").as_uri() if folder is not None else None
-                self._experiment_id = self.client.create_experiment(
-                    self.experiment_name, artifact_location=location, tags=kind
-                )
+                try:
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment_name, artifact_location=location, tags=kind
+                    )
+                except Exception as err:  # another run-grid created it a moment ago: use theirs
+                    exp = self.client.get_experiment_by_name(self.experiment_name)
+                    if exp is None or exp.lifecycle_stage == "deleted":
+                        raise err from None
+                    self._experiment_id = exp.experiment_id
             else:
                 if exp.lifecycle_stage == "deleted":
                     raise self._deleted(exp.experiment_id)
                 if schema.EXPERIMENT_KIND not in exp.tags:  # made by an earlier version or by hand
-                    self.client.set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
+                    retry_insert_race(self.client.set_experiment_tag, exp.experiment_id, *next(iter(kind.items())))
                 self._experiment_id = exp.experiment_id
         return self._experiment_id
 

@@ -101,3 +101,47 @@ def test_the_claim_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     second.end("FINISHED")
     third = tracker.start_run("a", tags={**tags, **claim_tags()}, parent=parent)
     assert winner(tracker, where, third.run_id) == (second.run_id, True)  # finished meanwhile: nothing to do
+
+
+def test_writers_racing_to_insert_the_same_rows_both_succeed(tmp_path: Path) -> None:
+    """MLflow checks for a dataset (and an experiment) and inserts it in separate steps: two ``run-grid`` logging the
+    same dataset at the same moment made the slower one fail with ``UNIQUE constraint failed`` (CI, d2b6489 + 1).
+    Eight threads, each its own client, start together on one sqlite store: every one creates or finds the
+    experiment and logs the same two datasets to its own run; one dataset row each, eight runs that use them."""
+    import threading
+
+    from sota_ablate import schema
+    from sota_ablate.tracking import DatasetSpec
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    Tracker(uri, "warm").check()  # the schema once (mlflow-notes: migrations race); the experiment is left to race
+    specs = [
+        DatasetSpec(f"images/{context}", "d" * 32, str(tmp_path), context, {"images": 12})
+        for context in (schema.DATASET_TRAINING, schema.DATASET_VALIDATION)
+    ]
+    barrier = threading.Barrier(8, timeout=60)  # a thread that failed breaks it: the others stop, no hang
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            tracker = Tracker(uri, "raced")
+            barrier.wait()
+            run = tracker.start_run("cell")
+            barrier.wait()  # all eight runs exist: now the datasets, at once
+            run.log_datasets(specs)
+            run.end()
+        except Exception as err:
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=write, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, [e for e in errors if not isinstance(e, threading.BrokenBarrierError)] or errors
+    client = mlflow.tracking.MlflowClient(uri)
+    experiments = [e for e in client.search_experiments() if e.name == "raced"]
+    assert len(experiments) == 1
+    runs = client.search_runs([experiments[0].experiment_id])
+    assert len(runs) == 8 and all(len(r.inputs.dataset_inputs) == 2 for r in runs)
