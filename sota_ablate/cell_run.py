@@ -121,7 +121,7 @@ def _train(
                 schema.MODEL_N_OUT: n_out,
                 schema.COMPILE: opts.compile,
                 schema.CELLS_PER_GPU: opts.cells_per_gpu,
-                **(data.placement.params() if data.placement is not None else {}),
+                **schema.placement_params(data.placement.fields() if data.placement is not None else {}),
             }
         )
         resolve_lr(plan, s, run, ckpt, out)  # lr = "find": the finder's valley (the checkpoint's when resuming)

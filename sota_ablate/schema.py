@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sota_ablate.train.record import EpochRecord
 
@@ -121,8 +122,13 @@ def data_param(field: str) -> str:
 
 
 def placement_param(field: str) -> str:
-    """``placement.<field>``: the data placement's decision and bytes (``Placement.params``)."""
+    """``placement.<field>``: the data placement's decision and bytes (``Placement.fields``)."""
     return f"{PLACEMENT_PREFIX}{field}"
+
+
+def placement_params(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The MLflow params of a data placement decision (``Placement.fields``)."""
+    return {placement_param(k): v for k, v in fields.items()}
 
 
 def lr_find_key(name: str) -> str:

@@ -140,16 +140,32 @@ def test_a_grid_cell_and_set_train_on_noisy_labels(tmp_path: Path, capsys: pytes
     assert noisy["params.label_noise.flipped"] == "3" and float(noisy["params.label_noise.flip_fraction"]) == 0.25
     assert noisy["tags.config_hash"] != cells.loc["baseline", "tags.config_hash"]
     assert "noisy: label noise 25 % (symmetric" in capsys.readouterr().out
+    # the report: the book's (clean-label) numbers are no counterpart of the noisy cell, and it says so
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "reports"
+    assert main(["report", "--tracking-uri", uri, "--experiment", "noise", "--out", str(out), "--no-log"]) == 0
+    lines = (out / "noise" / "README.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| cell |") and "| published |" in line)
+    column = [c.strip() for c in lines[header].split("|")].index("published")
+    published = {}
+    for line in lines[header + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.split("|")]
+        published[cells[1].strip("*`")] = cells[column]
+    assert published["noisy"] == "-" and published["baseline"] != "-", published
+    assert (
+        "No published number for `noisy`: trained with wrong training labels"
+        in (out / "noise" / "README.md").read_text()
+    )
     # --set overrides every cell, and a level that is not a noise level is refused before any run
     assert _run(folder, tmp_path, _grid(tmp_path), "--set", "label_noise=7", "--force") == 2
     assert "label_noise = 7" in capsys.readouterr().err
 
 
 def test_the_label_noise_sweep_grid() -> None:
-    from sota_ablate.grid import GENERATORS, load_grid
+    from sota_ablate.grid import load_grid
 
-    if "sweep" not in GENERATORS:
-        pytest.skip('generate = "sweep" is not supported on this branch yet (the budget-grid branch adds it)')
     grid = load_grid(str(ROOT / "ablations" / "label_noise.toml"))
     names = {c.name for c in grid.cells}
     arms, levels = ("baseline", "label_smoothing", "mixup"), (0, 5, 25, 50)

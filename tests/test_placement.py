@@ -51,7 +51,7 @@ def test_nothing_fits_and_bad_choice_are_clear_errors() -> None:
 
 
 def test_params_name_the_choice_and_the_bytes() -> None:
-    params = choose_placement("auto", "cuda", CHAPTER, 16 * GIB).params()
+    params = schema.placement_params(choose_placement("auto", "cuda", CHAPTER, 16 * GIB).fields())
     assert params[schema.placement_param("data_on")] == "host"
     assert params[schema.placement_param("cache_bytes")] == CHAPTER.cache_bytes
     assert params[schema.placement_param("budget_bytes")] == 16 * GIB

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from sota_ablate import schema
 from sota_ablate.data.errors import DataError
 
 DATA_ON = ("auto", "device", "host")
@@ -86,8 +85,8 @@ class Placement:
     def staged(self) -> bool:
         return self.data_on == "host"
 
-    def params(self) -> dict[str, Any]:
-        """The MLflow params of the decision (``schema.placement_param``)."""
+    def fields(self) -> dict[str, Any]:
+        """The decision and its bytes, by name (logged as ``schema.placement_param(name)`` params)."""
         values: dict[str, Any] = {
             "data_on": self.data_on,
             "requested": self.requested,
@@ -97,7 +96,7 @@ class Placement:
             "step_bytes": self.needs.step_bytes,
             "budget_bytes": self.budget_bytes if self.budget_bytes is not None else "none",
         }
-        return {schema.placement_param(k): v for k, v in values.items()}
+        return values
 
 
 def gib(n: int) -> str:

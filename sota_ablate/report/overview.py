@@ -110,6 +110,12 @@ def summary_notes(summaries: Sequence[CellSummary], reference: str | None, book:
         + (f", {evaluation} included)." if evaluation else ")."),
         *([PUBLISHED_NOTE] if book else []),
     ]
+    noisy = [f"`{s.cell}`" for s in summaries if s.label_noise]
+    if book and noisy:
+        notes.append(
+            f"No published number for {listing(noisy)}: trained with wrong training labels (`label_noise`), "
+            "where the book's were clean."
+        )
     best = best_cell(summaries)
     if best:
         notes.insert(0, f"Best cell (bold): `{best}`.")

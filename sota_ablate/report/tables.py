@@ -101,6 +101,7 @@ class CellSummary:
     device: str
     dtype: str
     published: str
+    label_noise: float = 0.0  # the % of wrong training labels it trained with (the book's labels were clean)
 
 
 def _mean_of(values: dict[int, float]) -> float:
@@ -165,6 +166,7 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
         )
         epochs = total_epochs(stages, fallback[0])
         device = data.first(cell, keys.param(schema.DEVICE)) or data.first(cell, keys.tag(schema.DEVICE)) or "-"
+        noise = float(data.first(cell, keys.param(schema.train_param("label_noise"))) or 0)
         out.append(
             CellSummary(
                 cell=cell,
@@ -185,7 +187,9 @@ def cell_summary(data: GridData, baseline: str | None) -> list[CellSummary]:
                 images_per_s=_mean_of(data.values(cell, keys.metric(schema.MEAN_IMAGES_PER_S))),
                 device=str(device),
                 dtype=str(data.first(cell, keys.param(schema.DTYPE)) or "-"),
-                published=published_text(techniques, epochs) if book else "-",
+                # the book trained on clean labels: its numbers are no counterpart of a cell with wrong ones
+                published=published_text(techniques, epochs) if book and not noise else "-",
+                label_noise=noise,
             )
         )
     return out
