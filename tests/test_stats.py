@@ -55,12 +55,18 @@ def test_welch_difference_known_values():
     assert (d.ci_low, d.ci_high) == (pytest.approx(-0.0308186, abs=1e-6), pytest.approx(0.0774852, abs=1e-6))
 
 
-def test_compare_pairs_by_seed_only_when_seeds_match():
+def test_compare_pairs_by_seed_on_the_seeds_both_ran():
     a = {0: 0.80, 1: 0.82, 2: 0.85}
     assert stats.compare(a, {2: 0.81, 0: 0.79, 1: 0.80}).method == "paired"  # order of seeds does not matter
     paired = stats.compare(a, {2: 0.81, 0: 0.79, 1: 0.80})
     assert paired.delta == pytest.approx(0.07 / 3)
-    assert stats.compare(a, {0: 0.79, 1: 0.80, 3: 0.81}).method == "welch"
+    assert stats.compare(a, {0: 0.79, 1: 0.80, 3: 0.81}).method == "welch"  # different seeds: not paired
+    # extra seeds on one side (run-grid --precision): paired on the seeds both ran
+    extra = stats.compare({**a, 3: 0.70, 4: 0.99}, {2: 0.81, 0: 0.79, 1: 0.80})
+    assert extra.method == "paired" and extra.n == 3 and extra.delta == pytest.approx(0.07 / 3)
+    assert stats.compare({0: 0.8, 1: 0.9, 2: 0.7}, {0: 0.7, 5: 0.6}).method == "welch"  # different seeds
+    assert stats.paired_seeds({0, 1, 2, 3}, {0, 1, 2}, {0, 1, 2, 5}) == [0, 1, 2]
+    assert stats.paired_seeds({0, 1}, {1, 2}) is None and stats.paired_seeds({4}, {4}) == [4]
     single = stats.compare({0: 0.9}, {0: 0.8})
     assert single.method == "none" and single.delta == pytest.approx(0.1) and not single.has_ci
     assert stats.compare({}, a).method == "none"

@@ -135,8 +135,9 @@ def technique_effect(data: GridData, technique: str) -> TechniqueEffect | None:
         reason = next((c.reason for c in compared if c.reason), "no finished runs on both sides")
         none = stats.Difference(math.nan, math.nan, math.nan, 0, "none", math.nan)
         return TechniqueEffect(accuracy=none, seeds=(), reason=reason, **common)  # type: ignore[arg-type]
-    seeds = sorted(set.intersection(*(set(c.values_with) & set(c.values_without) for c in usable)))
-    if seeds:  # per seed: mean over pairs with the technique vs without it (mean of differences = difference of means)
+    seeds = stats.paired_seeds(*(c.values_with for c in usable), *(c.values_without for c in usable)) or []
+    if seeds:
+        # per seed: mean over pairs with the technique vs without it (mean of differences = difference of means)
         with_mean = [stats.mean([c.values_with[s] for c in usable]) for s in seeds]
         without_mean = [stats.mean([c.values_without[s] for c in usable]) for s in seeds]
         diff = stats.paired_difference(with_mean, without_mean)

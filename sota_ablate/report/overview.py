@@ -40,7 +40,8 @@ TERMS = (
     "*points* are accuracy percentage points (+1.00 pts = +0.01 accuracy); a recipe `5x40px bs128 -> 1+4x64px bs64` "
     "is 5 epochs at 40 px with batch size 128, then fastai's `fine_tune`: 1 frozen + 4 epochs at 64 px, batch 64; "
     "intervals are 95% Student-t intervals *paired by seed* (seed k shares initialisation and data order in every "
-    "cell), or *Welch*'s unequal-variance interval when two cells ran different seeds."
+    "cell; a cell with extra seeds is paired on the other's), or *Welch*'s unequal-variance interval when two "
+    "cells ran different seeds."
 )
 
 
@@ -104,7 +105,7 @@ def summary_notes(summaries: Sequence[CellSummary], reference: str | None, book:
         "accuracy: final validation accuracy (last epoch), mean ± sample std over the complete seeds, n seeds.",
         f"Δ vs {f'`{reference}`' if reference else 'baseline'}: difference in accuracy points with its 95% "
         "confidence interval (Student t; paired by "
-        "seed when both cells ran the same seeds, else Welch); `no CI` with a single seed. Accuracy, Δ and the "
+        "seed on the seeds both cells ran when one ran all of the other's, else Welch); `no CI` with a single seed. Accuracy, Δ and the "
         f"best cell use the plain (centre-crop) accuracy{own_columns}.",
         "epoch time, wall time, images/s: means over seeds (wall time: the whole run"
         + (f", {evaluation} included)." if evaluation else ")."),

@@ -67,7 +67,7 @@ def _method(diff: stats.Difference) -> str:
     if diff.method == "paired":
         return f"paired by seed, n = {diff.n}"
     if diff.method == "welch":
-        return f"Welch, unequal seeds, df = {diff.df:.1f}"
+        return f"Welch, different seeds, df = {diff.df:.1f}"
     return ""
 
 

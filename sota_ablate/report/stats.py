@@ -1,9 +1,9 @@
 """Statistics for the report: mean, sample std, Student-t 95% confidence intervals, differences between cells.
 
 Pure functions on plain numbers (no pandas; the t distribution is scipy's). Two cells are compared by a
-**paired** difference when both ran the same seeds (seed ``k`` shares the initialisation, data order and
-augmentation draws in both cells, so the per-seed differences cancel most of the seed-to-seed noise), otherwise
-by **Welch**'s unequal-variance t interval. With a single seed (or a single run on either side) there is no
+**paired** difference on the seeds both ran, when one ran all the seeds of the other (seed ``k`` shares the
+initialisation, data order and augmentation draws in both cells, so the per-seed differences cancel most of the
+seed-to-seed noise; a cell with extra ``--precision`` seeds is paired on the other's: ``paired_seeds``), otherwise by **Welch**'s unequal-variance t interval. With a single seed (or a single run on either side) there is no
 interval: the seed-to-seed spread is unknown.
 
 The intervals are ``mean +- t.ppf(0.975, df) * standard error``: the numbers ``scipy.stats.ttest_rel(a, b)`` and
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,8 +141,26 @@ def welch_difference(a: Sequence[float], b: Sequence[float], confidence: float =
     return Difference(delta, delta - half, delta + half, min(na, nb), "welch", df)
 
 
+def paired_seeds(*seed_sets: Iterable[int]) -> list[int] | None:
+    """The seeds cells are compared on, paired: the seeds they all ran, when those are all the seeds of one of
+    them (the others ran the same seeds or more) and at least two (or every set is the same: one seed, no
+    interval); None when a paired comparison is not possible (Welch instead).
+
+    Seed k shares initialisation and data order in every cell, so pairing by seed removes that shared noise. A
+    cell with extra seeds (``run-grid --precision`` runs them only where a comparison needs them) is compared on
+    the seeds the other cell also ran; two cells that ran different seeds are not paired (pairing would drop
+    seeds of both)."""
+    sets = [set(s) for s in seed_sets]
+    if not sets:
+        return None
+    common = set.intersection(*sets)
+    if common not in sets or not common:
+        return None
+    return sorted(common) if len(common) >= 2 or all(s == common for s in sets) else None
+
+
 def compare(a: Mapping[int, float], b: Mapping[int, float], confidence: float = CONFIDENCE) -> Difference:
-    """``a - b`` for values keyed by seed: paired when both have the same seeds, else Welch.
+    """``a - b`` for values keyed by seed: paired on the seeds both ran (``paired_seeds``), else Welch.
 
     Args:
         a: seed -> value of the cell being measured.
@@ -153,8 +171,8 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], confidence: float = 
     b = {k: float(v) for k, v in b.items() if v is not None and not math.isnan(float(v))}
     if not a or not b:
         return Difference(math.nan, math.nan, math.nan, 0, "none", math.nan)
-    if set(a) == set(b):
-        seeds = sorted(a)
+    seeds = paired_seeds(a, b)
+    if seeds is not None:
         return paired_difference([a[s] for s in seeds], [b[s] for s in seeds], confidence)
     return welch_difference(list(a.values()), list(b.values()), confidence)
 

@@ -7,7 +7,7 @@ figures, no markdown):
 
 - **at each value** an arm's cell is compared with the reference arm's cell of the same value by ``comparison``'s
   one rule (the technique's ``judged_by`` metric when the two differ by one technique and both logged it, else the
-  plain accuracy), paired by seed (Welch when the seeds differ): ``stats.compare``, the summary's Δ;
+  plain accuracy), paired by seed on the seeds both ran (``stats.paired_seeds``; else Welch): ``stats.compare``, the summary's Δ;
 - **the crossover** (``crossover``): the smallest swept value ``b`` such that at *every* value ``>= b`` of the
   sweep the difference's 95% interval lies entirely above zero; "not reached up to <largest value>" otherwise. A
   value without an interval (one seed, a zero-width interval, a cell that did not finish) breaks the run. The

@@ -126,7 +126,7 @@ def table(sweep: Sweep, band: float) -> str:
 def method_note(sweep: Sweep, band: float) -> str:
     rule = (
         f"**Crossover rule:** the smallest {'budget' if sweep.is_budget else f'`{sweep.key}`'} b such that at every value ≥ b in this sweep the "
-        f"difference's 95% interval (Student t, paired by seed; Welch when the seeds differ) lies entirely above "
+        f"difference's 95% interval (Student t, paired by seed on the seeds both ran; Welch when the two ran different seeds) lies entirely above "
         f"zero; 'not reached up to {largest(sweep)}' otherwise; the same rule below zero says from where an arm "
         "costs accuracy. A value with one seed, a zero-width interval or no finished cell breaks the run. The "
         f"verdict column uses the ±{100 * band:g}-point equivalence band; the crossover uses zero."
