@@ -154,3 +154,31 @@ def test_cli_refuses_bad_precision_before_training(tmp_path: Path, image_folder:
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_cell_without_extra_seeds_is_not_missing_them() -> None:
+    """The report expects of each cell the grid's seeds and the extra seeds ``--precision`` planned for that cell
+    (``precision.json``): a cell no comparison needed more seeds of is complete, not ``3/4 seeds; 1 missing``; an
+    extra seed planned but not run is missing only where it was planned."""
+    import pandas as pd
+
+    from sota_ablate.report.collect import choose_runs, precision_extra_runs
+
+    children = pd.DataFrame(
+        [{"run_id": f"{c}{s}", "cell": c, "seed": s, "state": "complete", "start_time": "2026-12-04"}
+         for c, seeds in (("baseline", (0, 1, 2, 3)), ("norm", (0, 1, 2)), ("mixup", (0, 1, 2))) for s in seeds]
+    )  # fmt: skip
+    runs, _ = choose_runs(children, ["baseline", "norm", "mixup"], [0, 1, 2], {"baseline": [3], "norm": [3]})
+    states = {(r["cell"], r["seed"]): r["state"] for _, r in runs.iterrows()}
+    assert states[("norm", 3)] == "missing" and ("mixup", 3) not in states
+    assert sum(s == "complete" for s in states.values()) == 10
+
+    class Store:
+        def read_artifact_text(self, run_id: str, path: str) -> str | None:
+            assert path == "precision.json"
+            return json.dumps({"extra_runs": {"baseline": [3, 4], "norm": [3]}}) if run_id == "planned" else "{oops"
+
+    parent = pd.Series({"run_id": "planned", "params.precision.half_width_points": "1.0"})
+    assert precision_extra_runs(Store(), parent) == {"baseline": [3, 4], "norm": [3]}
+    assert precision_extra_runs(Store(), parent.drop("params.precision.half_width_points")) == {}
+    assert precision_extra_runs(Store(), parent.replace("planned", "damaged")) == {}  # a damaged plan: none

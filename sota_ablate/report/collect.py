@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,8 +288,11 @@ def _as_list(value: Any) -> list[Any]:
     return [] if value is None else [value]
 
 
-def choose_runs(children: pd.DataFrame, cells: list[str], seeds: list[int]) -> tuple[pd.DataFrame, list[str]]:
-    """One row per (cell, seed): complete runs first, then the newest; ``missing`` rows for the rest."""
+def choose_runs(
+    children: pd.DataFrame, cells: list[str], seeds: list[int], extra: Mapping[str, Iterable[int]] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (cell, seed): complete runs first, then the newest; ``missing`` rows for the rest: the grid's
+    ``seeds`` of every cell and the ``extra`` seeds ``--precision`` planned for a cell (cell -> seeds)."""
     notes: list[str] = []
     rank = {"complete": 0, "running": 1, "incomplete": 2, "failed": 3, "killed": 4}
     rows: list[pd.Series] = []
@@ -309,7 +312,7 @@ def choose_runs(children: pd.DataFrame, cells: list[str], seeds: list[int]) -> t
         if duplicates:
             notes.append(f"{duplicates} older or superseded cell run(s) of the same cell and seed are not shown.")
     for cell in cells:
-        for seed in seeds:
+        for seed in sorted({*seeds, *(extra or {}).get(cell, ())}):
             if (cell, seed) not in seen:
                 rows.append(pd.Series({"run_id": None, "cell": cell, "seed": seed, "state": "missing"}))
     frame = pd.DataFrame(rows).reset_index(drop=True)
@@ -341,6 +344,18 @@ def histories(tracker: Any, runs: Iterable[tuple[str, Any]]) -> dict[str, pd.Dat
         frame.index.name = "epoch"
         out[run_id] = frame
     return out
+
+
+def precision_extra_runs(tracker: Any, parent: pd.Series) -> dict[str, list[int]]:
+    """cell -> the extra seeds ``run-grid --precision`` planned for it (``precision.json``); {} without a plan."""
+    if not _is_set(parent.get(param(schema.PRECISION_HALF_WIDTH))):
+        return {}
+    text = tracker.read_artifact_text(str(parent["run_id"]), schema.PRECISION_JSON)
+    try:
+        planned = json.loads(text).get("extra_runs", {}) if text else {}
+        return {str(cell): [int(s) for s in seeds] for cell, seeds in planned.items()}
+    except (ValueError, TypeError, AttributeError):  # a damaged plan: the seeds that ran are still shown
+        return {}
 
 
 def grid_plan(tracker: Any, parent: pd.Series) -> tuple[dict[str, frozenset[str]], str]:
@@ -435,10 +450,17 @@ def collect_grid(tracker: Any, run_id: str | None = None, all_seeds: bool = Fals
         seeds = set()
         for _, p in parents.iterrows():
             seeds |= {int(s) for s in _as_list(p.get(param(schema.SEEDS)))}
+    extra: dict[str, set[int]] = {}  # --precision's extra seeds: expected of the cells it planned them for only
+    for _, p in parents.iterrows():
+        for cell, planned in precision_extra_runs(tracker, p).items():
+            extra.setdefault(cell, set()).update(planned)
     if not children.empty:
         cells += [c for c in children["cell"].dropna().unique() if c not in cells]
-        seeds |= {int(s) for s in children["seed"].dropna()}
-    runs, more = choose_runs(children, cells, sorted(seeds))
+        for cell, seed in zip(children["cell"], children["seed"], strict=True):
+            if _is_set(cell) and _is_set(seed) and int(seed) not in seeds:
+                extra.setdefault(str(cell), set()).add(int(seed))
+    runs, more = choose_runs(children, cells, sorted(seeds), extra)
+    seeds |= set().union(*extra.values()) if extra else set()
     notes += more
     keys_column = param(schema.EPOCH_METRIC_KEYS)
     logged = runs[keys_column] if keys_column in runs.columns else pd.Series([None] * len(runs), index=runs.index)
