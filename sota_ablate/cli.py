@@ -563,12 +563,6 @@ def _run(args: argparse.Namespace) -> int:
         grid = grid.select(cells)
     data_cfg = _data_config(args, profile)
     target = _precision_target(args, len(args.seeds or grid.seeds))
-    if target is not None and grid.sweep is not None:
-        raise CliError(
-            f"--precision: grid {grid.name!r} is a sweep, whose comparisons are made value by value; --precision "
-            "plans seeds for the technique comparisons of the other grids only: give the sweep more seeds instead "
-            "(seeds = [...] in the grid file or --seeds)"
-        )
     register = args.register_model
     cells_per_gpu = _cells_per_gpu(args, device)
     gpu_memory = _gpu_memory(args.gpu_memory_gib, device)

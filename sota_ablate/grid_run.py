@@ -154,16 +154,17 @@ def precision_plans(
         return []
     cells = [(c.name, frozenset(c.techniques)) for c in grid.cells]
     values = pilot_values(tracker, parent, [c.name for c in grid.cells], seeds)
-    comparisons = plan_comparisons(cells, values, seeds, target)
-    parent.log_metrics({schema.precision_planned_n(c.technique): c.plan.planned for c in comparisons
+    sweep = {c.name: (c.sweep.arm, c.sweep.value_text, c.sweep.reference) for c in grid.cells if c.sweep}
+    comparisons = plan_comparisons(cells, values, seeds, target, sweep)
+    parent.log_metrics({schema.precision_planned_n(c.label): c.plan.planned for c in comparisons
                         if c.plan is not None}, step=0)  # fmt: skip
     parent.log_dict(plan_record(comparisons, target, seeds), schema.PRECISION_JSON)
     for c in comparisons:
         if c.plan is None:
-            print(f"precision: {c.technique}: {c.reason}", file=out)
+            print(f"precision: {c.label}: {c.reason}", file=out)
             continue
         capped = f", capped at {c.plan.max_seeds} (needs {c.plan.needed})" if c.plan.capped else ""
-        print(f"precision: {c.technique} ({c.metric}): pilot {c.plan.n0} seeds, s0 {c.plan.s0:.2f} points -> "
+        print(f"precision: {c.label} ({c.metric}): pilot {c.plan.n0} seeds, s0 {c.plan.s0:.2f} points -> "
               f"{c.plan.planned} seeds{capped}, half-width {c.plan.half_width(c.plan.planned):.2f} points "
               f"(target {target.half_width:g}; {PROCEDURE})", file=out)  # fmt: skip
     runs = extra_runs(comparisons, seeds)

@@ -7,6 +7,10 @@ not train (TTA) on its ``judged_by`` metric of the cell with it against the plai
 trained cell without it (or not at all); every other technique on the plain accuracy. The report
 (``report/comparison.py``, ``report/effects.py``) applies it to finished runs, the precision planner
 (``precision.py``) to the pilot seeds of a grid run.
+
+A *sweep* grid (``generate = "sweep"`` / ``"budget"``) compares value by value instead (``sweep_pairs``): each arm's
+cell at a value against the reference arm's cell at the same value, on the judged metric of the one technique
+that tells them apart (the plain accuracy when it is not one technique).
 """
 
 from __future__ import annotations
@@ -43,6 +47,36 @@ def matched_pairs(cells: Sequence[tuple[str, frozenset[str]]], technique: str) -
                 pairs.append((without, with_cell))
     order = {c: i for i, (c, _) in enumerate(cells)}
     return sorted(pairs, key=lambda p: (order[p[1]], order[p[0]]))
+
+
+def sweep_pairs(
+    cells: Sequence[tuple[str, frozenset[str]]], points: Mapping[str, tuple[str, str, str]]
+) -> list[tuple[str, str, tuple[str, str]]]:
+    """(cell, technique, (reference cell, cell)) for every non-reference cell of a sweep, in grid order.
+
+    Args:
+        cells: (name, technique set) in grid order.
+        points: cell -> (arm, value, reference arm), as the grid (``grid.SweepPoint``) or the cell runs' tags say.
+
+    ``technique`` is the one technique the cell has and its reference has not (its ``judged_by`` metric then
+    measures the pair, as in ``matched_pairs``), or ``""`` when they differ otherwise (the plain accuracy)."""
+    techniques = dict(cells)
+    at: dict[tuple[str, str], str] = {}
+    for cell, _ in cells:
+        if cell in points:
+            arm, value, _reference = points[cell]
+            at.setdefault((arm, value), cell)
+    out = []
+    for cell, _ in cells:
+        if cell not in points:
+            continue
+        arm, value, reference = points[cell]
+        against = at.get((reference, value))
+        if arm == reference or against is None:
+            continue
+        added, removed = techniques[cell] - techniques[against], techniques[against] - techniques[cell]
+        out.append((cell, next(iter(added)) if len(added) == 1 and not removed else "", (against, cell)))
+    return out
 
 
 def techniques_used(cells: Iterable[tuple[str, frozenset[str]]]) -> frozenset[str]:

@@ -13,6 +13,9 @@ and the 95% interval after the second stage is ``mean_n +- t_{0.975, n0 - 1} * s
 half-width is ``t * s0 / sqrt(cap)``, larger than ``H``, and the report says so. A pilot without spread
 (``s0 = 0``) needs no more seeds: ``n = n0``.
 
+A sweep grid's comparisons are value by value (``pairing.sweep_pairs``): each arm's cell against the reference's
+cell at the same value, one plan each, named by the arm's cell (``mixup@20``).
+
 The extra seeds are the next integers after the largest pilot seed; a cell trains as many of them as the
 comparison that needs the most among those it belongs to (both sides of every pair), so they stay paired. Given
 the pilot's results the plan is deterministic: a rerun of the same command plans the same extra cell runs and
@@ -122,13 +125,21 @@ def stein_plan(pilot: Sequence[float], target: float, max_seeds: int) -> SteinPl
 
 @dataclass(frozen=True)
 class ComparisonPlan:
-    """A comparison of the grid (a technique over its matched pairs) and its plan (None: not comparable)."""
+    """A comparison of the grid (a technique over its matched pairs; in a sweep, one arm's cell against the
+    reference's at the same value) and its plan (None: not comparable). ``name``: the sweep cell (``mixup@20``),
+    empty for a technique comparison; ``technique`` decides the metric (``""``: the plain accuracy)."""
 
     technique: str
     pairs: tuple[tuple[str, str], ...]
     metric: str
     plan: SteinPlan | None
     reason: str = ""
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """What the comparison is called in messages, metrics and the report: the technique or the sweep cell."""
+        return self.name or self.technique
 
     @property
     def cells(self) -> set[str]:
@@ -167,23 +178,32 @@ def effect_points(
 
 
 def plan_comparisons(
-    cells: Sequence[tuple[str, frozenset[str]]], values: Values, pilot_seeds: Sequence[int], target: Target
+    cells: Sequence[tuple[str, frozenset[str]]],
+    values: Values,
+    pilot_seeds: Sequence[int],
+    target: Target,
+    sweep: Mapping[str, tuple[str, str, str]] | None = None,
 ) -> list[ComparisonPlan]:
-    """Every comparison of the grid with its Stein plan from the pilot seeds' values, in the registry's order."""
+    """Every comparison of the grid with its Stein plan from the pilot seeds' values: per technique in the
+    registry's order, or, for a sweep grid (``sweep``: cell -> (arm, value, reference arm)), per arm's cell in grid
+    order (``pairing.sweep_pairs``)."""
+    if sweep:
+        wanted = [(t, (pair,), cell) for cell, t, pair in pairing.sweep_pairs(cells, sweep)]
+    else:
+        techniques = ordered(pairing.techniques_used(cells))
+        wanted = [(t, pairs, "") for t in techniques if (pairs := tuple(pairing.matched_pairs(cells, t)))]
     out = []
-    for technique in ordered(pairing.techniques_used(cells)):
-        pairs = tuple(pairing.matched_pairs(cells, technique))
-        if not pairs:
-            continue
+    for technique, pairs, name in wanted:
         sides, metric = _sides(technique, pairs, values, pilot_seeds)
         pilot = pairing.per_seed_effect(sides)
         if not sides:
-            out.append(ComparisonPlan(technique, pairs, "-", None, "not comparable (no metric both sides logged)"))
+            reason = "not comparable (no metric both sides logged)"
+            out.append(ComparisonPlan(technique, pairs, "-", None, reason, name))
         elif len(pilot) < len(pilot_seeds):
-            out.append(ComparisonPlan(technique, pairs, metric, None, "the pilot did not finish on every seed"))
+            out.append(ComparisonPlan(technique, pairs, metric, None, "the pilot did not finish on every seed", name))
         else:
             plan = stein_plan([POINTS * pilot[s] for s in sorted(pilot)], target.half_width, target.max_seeds)
-            out.append(ComparisonPlan(technique, pairs, metric, plan))
+            out.append(ComparisonPlan(technique, pairs, metric, plan, name=name))
     return out
 
 
@@ -216,6 +236,7 @@ def plan_record(comparisons: Sequence[ComparisonPlan], target: Target, pilot_see
         "comparisons": [
             {
                 "technique": c.technique,
+                **({"cell": c.name} if c.name else {}),
                 "pairs": [list(p) for p in c.pairs],
                 "metric": c.metric,
                 "reason": c.reason,

@@ -83,6 +83,39 @@ def test_extra_seed_plan_for_a_small_grid():
     assert extra_runs(plans, [0, 4, 7]) == {"baseline": [8, 9], "mixup": [8, 9]}  # after the largest pilot seed
 
 
+def test_a_sweep_plans_each_arm_at_each_value_against_the_reference_there():
+    """A budget sweep: each arm's cell is one comparison against the reference's cell at the same value, on the
+    judged metric of the one technique between them; only the noisy values get extra seeds (and their reference)."""
+    from sota_ablate.pairing import sweep_pairs
+
+    cells = [(f"{arm}@{b}", frozenset(t)) for b in (5, 10) for arm, t in
+             (("baseline", ()), ("mixup", ("mixup",)), ("tta", ("tta",)))]  # fmt: skip
+    points = {name: (name.split("@")[0], name.split("@")[1], "baseline") for name, _ in cells}
+    assert sweep_pairs(cells, points) == [
+        ("mixup@5", "mixup", ("baseline@5", "mixup@5")),
+        ("tta@5", "tta", ("baseline@5", "tta@5")),
+        ("mixup@10", "mixup", ("baseline@10", "mixup@10")),
+        ("tta@10", "tta", ("baseline@10", "tta@10")),
+    ]
+    acc = "final_accuracy"
+    flat, noisy = {0: 0.50, 1: 0.50, 2: 0.50}, {0: 0.51, 1: 0.53, 2: 0.52}  # effects 1, 3, 2 points vs flat
+    values = {
+        "baseline@5": {acc: flat}, "mixup@5": {acc: noisy}, "tta@5": {acc: flat, "tta_accuracy": flat},
+        "baseline@10": {acc: flat}, "mixup@10": {acc: {0: 0.52, 1: 0.52, 2: 0.52}}, "tta@10": {acc: flat},
+    }  # fmt: skip
+    plans = plan_comparisons(cells, values, [0, 1, 2], Target(1.0, 6), points)
+    by = {c.label: c for c in plans}
+    assert list(by) == ["mixup@5", "tta@5", "mixup@10", "tta@10"]
+    assert by["mixup@5"].plan.needed == 19 and by["mixup@5"].plan.planned == 6 and by["mixup@10"].plan.planned == 3
+    assert by["tta@5"].metric == "tta_accuracy vs final_accuracy"  # TTA judged as on any grid
+    assert extra_runs(plans, [0, 1, 2]) == {"baseline@5": [3, 4, 5], "mixup@5": [3, 4, 5]}
+    # a cell that differs from its reference by more than one technique is compared on the plain accuracy
+    both = [("baseline@5", frozenset()), ("all@5", frozenset({"mixup", "tta"}))]
+    assert sweep_pairs(both, {"baseline@5": ("baseline", "5", "baseline"), "all@5": ("all", "5", "baseline")}) == [
+        ("all@5", "", ("baseline@5", "all@5"))
+    ]
+
+
 GRID = """
 name = "prec"
 seeds = [0, 1, 2]
@@ -182,3 +215,53 @@ def test_a_cell_without_extra_seeds_is_not_missing_them() -> None:
     assert precision_extra_runs(Store(), parent) == {"baseline": [3, 4], "norm": [3]}
     assert precision_extra_runs(Store(), parent.drop("params.precision.half_width_points")) == {}
     assert precision_extra_runs(Store(), parent.replace("planned", "damaged")) == {}  # a damaged plan: none
+
+
+SWEEP_GRID = """
+name = "sweepprec"
+seeds = [0, 1, 2]
+generate = "budget"
+techniques = ["normalize"]
+budgets = [1, 2]
+[defaults]
+lr = 0.05
+"""
+
+
+def test_smoke_budget_sweep_with_precision(tmp_path: Path, image_folder: Path, capsys):
+    """--precision on a budget sweep: one plan per arm and budget, extra seeds only where a plan asks for them,
+    and the report's Precision section names the cells."""
+    grid = tmp_path / "sweep.toml"
+    grid.write_text(SWEEP_GRID)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["run-grid", "--profile", "smoke", "--grid", str(grid), "--data", str(image_folder), "--tracking-uri", uri,
+            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress", "--precision", "0.01",
+            "--max-seeds", "4"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["sota_ablate"])
+    parent = runs[runs["tags.sota_ablate.role"] == "grid"].iloc[0]
+    plan = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent["run_id"],
+                                                               artifact_path="precision.json")).read_text())  # fmt: skip
+    assert [c["cell"] for c in plan["comparisons"]] == ["normalize@1", "normalize@2"], out
+    assert all(
+        c["pairs"] == [[f"baseline@{b}", f"normalize@{b}"]] for c, b in zip(plan["comparisons"], (1, 2), strict=True)
+    )
+    noisy = [c for c in plan["comparisons"] if c["s0_points"] > 0]
+    assert noisy, f"the pilot has no spread on this folder: the test needs one ({out})"
+    expected = {cell: [3] for c in noisy for cell in c["pairs"][0]}
+    assert plan["extra_runs"] == expected
+    children = runs[runs["tags.sota_ablate.role"] != "grid"]
+    ran = sorted(zip(children["tags.cell"], children["tags.seed"].astype(int), strict=True))
+    assert ran == sorted([(c, s) for c in ("baseline@1", "normalize@1", "baseline@2", "normalize@2") for s in range(3)]
+                         + [(c, 3) for c in expected])  # fmt: skip
+    assert parent["metrics.precision.planned_n.normalize_1"] == 4 or "normalize@1" not in expected
+
+    from sota_ablate.report.generate import generate_report
+    from sota_ablate.tracking import Tracker
+
+    text = generate_report(Tracker(uri, "sota_ablate"), out_dir=tmp_path / "reports", log_to_mlflow=False).read_text()
+    section = text[text.index("## Precision") :]
+    assert "| cell | metric |" in section and "`normalize@1`" in section and "`normalize@2`" in section
+    assert "missing" not in text  # cells without extra seeds are complete

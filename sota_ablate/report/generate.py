@@ -93,7 +93,7 @@ def generate_report(
     glance = overview.glance(data, summaries, reference, colours, writer, tracker.read_artifact_text, names)
     if found_sweep is not None:
         opening = sweep_section.section(found_sweep, sweep_section.arm_colours(found_sweep, colours), writer, band)
-        body, used_dataset = [], []
+        body, used_dataset = [s for s in (precision_section(data),) if s is not None], []
     else:
         opening = overview.verdict_section(data, writer, band)
         chapter = build_sections(data, summaries, reference, writer, dataset, dataset_note, names, band)

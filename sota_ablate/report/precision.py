@@ -15,6 +15,7 @@ from sota_ablate.report.collect import GridData
 from sota_ablate.report.formatting import pipe_table
 from sota_ablate.report.markdown import Section
 from sota_ablate.report.prose import listing
+from sota_ablate.report.sweep import sweep_of
 
 
 def _values(data: GridData) -> dict[str, dict[str, dict[int, float]]]:
@@ -31,7 +32,7 @@ def _metric(text: str) -> str:
 def _row(c: ComparisonPlan, values: dict, target: float) -> tuple[list[str], str]:
     """The table row of one comparison and its note ('' when none)."""
     if c.plan is None:
-        return [f"`{c.technique}`", _metric(c.metric), *["-"] * 7], f"`{c.technique}`: {c.reason}."
+        return [f"`{c.label}`", _metric(c.metric), *["-"] * 7], f"`{c.label}`: {c.reason}."
     p = c.plan
     effects = effect_points(c.technique, c.pairs, values)
     seeds = sorted(effects)[: p.planned]
@@ -44,15 +45,13 @@ def _row(c: ComparisonPlan, values: dict, target: float) -> tuple[list[str], str
     note = ""
     if p.capped:
         note = (
-            f"`{c.technique}`: the cap stopped it short: {p.needed} seeds would give ±{target:g}, {p.max_seeds} give "
+            f"`{c.label}`: the cap stopped it short: {p.needed} seeds would give ±{target:g}, {p.max_seeds} give "
             f"±{p.half_width(p.planned):.2f} points."
         )
     elif n < p.planned:
-        note = (
-            f"`{c.technique}`: {n} of the {p.planned} planned seeds finished: rerun the same command to run the rest."
-        )
+        note = f"`{c.label}`: {n} of the {p.planned} planned seeds finished: rerun the same command to run the rest."
     row = [
-        f"`{c.technique}`",
+        f"`{c.label}`",
         _metric(c.metric),
         str(p.n0),
         f"{p.s0:.2f}",
@@ -75,7 +74,9 @@ def precision_section(data: GridData) -> Section | None:
     pilot = [int(s) for s in data.parent_param(schema.SEEDS, [])]
     values = _values(data)
     cells = [(c, data.technique_set(c)) for c in data.cells]
-    comparisons = plan_comparisons(cells, values, pilot, Target(float(target), max_seeds))
+    sweep = sweep_of(data)
+    points = {p.cell: (a.name, str(p.value), sweep.reference) for a in sweep.arms for p in a.points} if sweep else None
+    comparisons = plan_comparisons(cells, values, pilot, Target(float(target), max_seeds), points)
     if not comparisons:
         return None
     rows, notes = [], []
@@ -83,7 +84,7 @@ def precision_section(data: GridData) -> Section | None:
         row, note = _row(c, values, float(target))
         rows.append(row)
         notes += [note] if note else []
-    header = ["technique", "metric", "pilot seeds n₀", "pilot s₀ (points)", "planned n", "seeds run",
+    header = ["cell" if sweep else "technique", "metric", "pilot seeds n₀", "pilot s₀ (points)", "planned n", "seeds run",
               "effect [95% CI]", "achieved half-width", f"within ±{float(target):g}"]  # fmt: skip
     intro = (
         f"`run-grid --precision {float(target):g} --max-seeds {max_seeds}` asked for 95% intervals of half-width at "
@@ -92,12 +93,18 @@ def precision_section(data: GridData) -> Section | None:
         "effects (paired by seed, in points) with sample standard deviation s₀ over n₀ seeds, the total is "
         "n = max(n₀, ⌈(t₀.₉₇₅,ₙ₀₋₁ · s₀ / H)²⌉), capped at the maximum, and the interval is "
         "mean over the n seeds ± t₀.₉₇₅,ₙ₀₋₁ · s₀ / √n: quantile and spread stay the pilot's, so the 95% coverage "
-        "holds although n depends on the data. These intervals can differ from the effects table's, which uses "
-        "the spread of all seeds. "
+        "holds although n depends on the data. These intervals can differ from the "
+        + ("sweep table's" if sweep else "effects table's")
+        + ", which uses the spread of all seeds. "
     )
-    needing = [f"`{c.technique}`" for c in comparisons if c.plan is not None and c.plan.planned > c.plan.n0]
+    needing = [f"`{c.label}`" for c in comparisons if c.plan is not None and c.plan.planned > c.plan.n0]
     intro += (
-        f"Extra seeds were planned for {listing(needing)} only (both sides of each of its pairs of cells)."
+        f"Extra seeds were planned for {listing(needing)} only "
+        + (
+            "(each with its reference cell at the same value)."
+            if sweep
+            else "(both sides of each of its pairs of cells)."
+        )
         if needing
         else "No comparison needed more seeds than the pilot."
     )
