@@ -131,13 +131,26 @@ lr = 0.05
 """
 
 
-def test_smoke_grid_runs_the_extra_seeds_once(tmp_path: Path, image_folder: Path, capsys):
-    grid = tmp_path / "prec.toml"
-    grid.write_text(GRID)
+def _precision_args(tmp_path: Path, grid_text: str, image_folder: Path) -> tuple[list[str], str]:
+    """The smoke ``run-grid --precision 0.01 --max-seeds 4`` command line of a grid file with ``grid_text``; its
+    store's URI."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(grid_text)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["run-grid", "--profile", "smoke", "--grid", str(grid), "--data", str(image_folder), "--tracking-uri", uri,
             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress", "--precision", "0.01",
             "--max-seeds", "4"]  # fmt: skip
+    return args, uri
+
+
+def _precision_plan(run_id: str) -> dict:
+    """The grid run's ``precision.json``."""
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="precision.json")
+    return json.loads(Path(path).read_text())
+
+
+def test_smoke_grid_runs_the_extra_seeds_once(tmp_path: Path, image_folder: Path, capsys):
+    args, uri = _precision_args(tmp_path, GRID, image_folder)
     assert main(args) == 0
     first = capsys.readouterr().out
     mlflow.set_tracking_uri(uri)
@@ -145,8 +158,7 @@ def test_smoke_grid_runs_the_extra_seeds_once(tmp_path: Path, image_folder: Path
     parent = runs[runs["tags.sota_ablate.role"] == "grid"]
     children = runs[runs["tags.sota_ablate.role"] != "grid"]
     assert len(parent) == 1 and parent.iloc[0]["tags.sota_ablate.complete"] == "true", first
-    plan = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent.iloc[0]["run_id"],
-                                                               artifact_path="precision.json")).read_text())  # fmt: skip
+    plan = _precision_plan(parent.iloc[0]["run_id"])
     (norm,) = plan["comparisons"]
     accuracy = children.set_index(["tags.cell", "tags.seed"])["metrics.final_accuracy"].to_dict()
     assert norm["s0_points"] > 0, f"the pilot has no spread on this folder: the test needs one ({accuracy})"
@@ -231,19 +243,13 @@ lr = 0.05
 def test_smoke_budget_sweep_with_precision(tmp_path: Path, image_folder: Path, capsys):
     """--precision on a budget sweep: one plan per arm and budget, extra seeds only where a plan asks for them,
     and the report's Precision section names the cells."""
-    grid = tmp_path / "sweep.toml"
-    grid.write_text(SWEEP_GRID)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["run-grid", "--profile", "smoke", "--grid", str(grid), "--data", str(image_folder), "--tracking-uri", uri,
-            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress", "--precision", "0.01",
-            "--max-seeds", "4"]  # fmt: skip
+    args, uri = _precision_args(tmp_path, SWEEP_GRID, image_folder)
     assert main(args) == 0
     out = capsys.readouterr().out
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["sota_ablate"])
     parent = runs[runs["tags.sota_ablate.role"] == "grid"].iloc[0]
-    plan = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent["run_id"],
-                                                               artifact_path="precision.json")).read_text())  # fmt: skip
+    plan = _precision_plan(parent["run_id"])
     assert [c["cell"] for c in plan["comparisons"]] == ["normalize@1", "normalize@2"], out
     assert all(
         c["pairs"] == [[f"baseline@{b}", f"normalize@{b}"]] for c, b in zip(plan["comparisons"], (1, 2), strict=True)
