@@ -145,7 +145,7 @@ def test_worker_process_trains_a_cell_with_its_placement(image_folder: Path, tmp
 
     class InProcess(local.LocalExecutor):
         def run(self, tasks, job):
-            spec = local.worker_spec(job, budget_bytes=GIB, threads=1)
+            spec = local.worker_spec(job, "cpu", threads=1, budget_bytes=GIB)
             for task in tasks:
                 yield local.run_in_process(*pickle.loads(pickle.dumps((spec, local.unbound(task)))))
 

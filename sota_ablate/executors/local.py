@@ -9,24 +9,20 @@ else staged from pinned host memory). They all log to the same tracking store un
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from sota_ablate.cell_run import CellOutcome, run_cell
-from sota_ablate.data import load_data
 from sota_ablate.data.placement import limit_gpu_memory
 from sota_ablate.executors.base import CellTask, Executor, ExecutorError, GridJob, announce, skipped
-from sota_ablate.plan import RunOptions, data_identity
+from sota_ablate.executors.worker import WorkerSpec, unbound, worker_data, worker_spec
 from sota_ablate.tracking import Run, Tracker
-from sota_ablate.train.memory import placement_request
 
 
 class LocalExecutor(Executor):
@@ -63,9 +59,10 @@ class LocalExecutor(Executor):
             )
         n = self.cells_per_gpu
         total = torch.cuda.get_device_properties(device).total_memory
-        spec = worker_spec(job, budget_bytes=(job.opts.gpu_memory_bytes or total) // n, threads=_threads(n))
+        budget = (job.opts.gpu_memory_bytes or total) // n
+        spec = worker_spec(job, str(device), threads=_threads(n), budget_bytes=budget, debug=_debug())
         print(
-            f"local: {n} cells at once on {device}, each in its own process with {spec.budget_bytes / 2**30:.1f} GiB",
+            f"local: {n} cells at once on {device}, each in its own process with {budget / 2**30:.1f} GiB",
             file=job.out,
             flush=True,
         )
@@ -101,38 +98,8 @@ class LocalExecutor(Executor):
             return CellOutcome(task.plan.cell, task.plan.seed, "FAILED", ids[-1] if ids else "", error=reason)
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker process needs besides its task (picklable)."""
-
-    options: dict[str, Any]  # RunOptions fields except device, progress_bar and out
-    device: str
-    tracking_uri: str
-    experiment: str
-    parent_run_id: str
-    data_info: Mapping[str, Any]  # the driver's: the worker's data must be the same
-    budget_bytes: int
-    threads: int
-
-
-def worker_spec(job: GridJob, budget_bytes: int, threads: int) -> WorkerSpec:
-    skip = ("device", "progress_bar", "out")
-    opts = job.opts
-    return WorkerSpec(
-        options={f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in skip},
-        device=str(opts.device),
-        tracking_uri=job.tracker.uri,
-        experiment=job.tracker.experiment_name,
-        parent_run_id=job.parent.run_id,
-        data_info=dict(job.data.info),
-        budget_bytes=budget_bytes,
-        threads=threads,
-    )
-
-
-def unbound(task: CellTask) -> CellTask:
-    """``task`` with its plan unbound from the data (a MappingProxyType does not pickle); the worker rebinds it."""
-    return dataclasses.replace(task, plan=dataclasses.replace(task.plan, data_info=None))
+def _debug() -> bool:
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def _threads(n: int) -> int:
@@ -141,18 +108,11 @@ def _threads(n: int) -> int:
 
 def run_in_process(spec: WorkerSpec, task: CellTask) -> CellOutcome:
     """One cell in a worker process: cap its GPU memory, load and place the data within it, train, log."""
-    device = torch.device(spec.device)
-    if device.type == "cuda":
-        limit_gpu_memory(device, spec.budget_bytes)
-    torch.set_num_threads(spec.threads)
-    opts = RunOptions(**spec.options, device=device, progress_bar=False, out=sys.stdout)
+    spec.enter()
+    opts = spec.run_options()
+    if opts.device.type == "cuda" and spec.budget_bytes is not None:
+        limit_gpu_memory(opts.device, spec.budget_bytes)
     announce(task, sys.stdout, suffix=f" [pid {os.getpid()}]")
-    plan = task.plan
-    request = placement_request([(plan.train, plan.techniques)], device, opts.data_on)
-    data = load_data(opts.data, device, placement=request)
-    if data_identity(data.info) != data_identity(spec.data_info):
-        raise ExecutorError(f"the worker of {task.name} loaded different data than the driver's")
-    if data.placement is not None:
-        print(f"{task.name}: data placement {data.placement.data_on} ({data.placement.reason})", flush=True)
+    data = worker_data(spec, task.plan, opts, f"of the worker of {task.name}")
     tracker = Tracker(spec.tracking_uri, spec.experiment)
-    return run_cell(plan.bind(data.info), data, opts, tracker, Run(tracker, spec.parent_run_id))
+    return run_cell(task.plan.bind(data.info), data, opts, tracker, Run(tracker, spec.parent_run_id))

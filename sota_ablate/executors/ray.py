@@ -7,8 +7,9 @@ bounded ``max_retries``, then gathers results as they finish (``ray.wait``) with
 running / failed. It logs the per-cell accuracies on the parent run, which ``grid_run.run_grid`` created or
 resumed (the resume rules are the local ones: same grid hash, finished cells skipped).
 
-Worker (a Ray task): loads the data itself through its node's decode cache (and refuses data whose identity differs
-from the driver's), ends as FAILED any RUNNING child run of the same cell and seed (left by an earlier attempt
+Worker (a Ray task; ``executors/worker.py``, shared with ``--cells-per-gpu``): loads the data itself through its
+node's decode cache and places it within its memory like the local executor (and refuses data whose identity
+differs from the driver's), ends as FAILED any RUNNING child run of the same cell and seed (left by an earlier attempt
 whose worker died), and runs ``cell_run.run_cell`` on the plan the driver made, attached to the parent run id. MLflow is only reached through the tracking URI: with a
 tracking server (``mlflow server --artifacts-destination ...``), params and metrics go to the server's database
 and artifacts through the server, so workers need no shared disk.
@@ -25,7 +26,6 @@ Ray is imported when this executor is used, never at import time (``pip install 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -39,9 +39,8 @@ from urllib.parse import urlparse
 import torch
 
 from sota_ablate.cell_run import CellOutcome, run_cell
-from sota_ablate.data import load_data
 from sota_ablate.executors.base import CellTask, Executor, ExecutorError, GridJob, announce, skipped
-from sota_ablate.plan import RunOptions, data_identity
+from sota_ablate.executors.worker import WorkerSpec, unbound, worker_data, worker_spec
 from sota_ablate.tracking import Run, Tracker, mask_uri
 from sota_ablate.train.evaluate import EvalResult
 from sota_ablate.train.record import EpochRecord, LoopObserver
@@ -119,22 +118,6 @@ class RaySettings:
             raise ExecutorError(f"--max-retries {self.max_retries}: use an integer >= 0")
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs besides its CellTask; shipped once per grid run (``ray.put``)."""
-
-    options: dict[str, Any]  # RunOptions fields except device, progress_bar and out
-    device: str
-    tracking_uri: str
-    experiment: str
-    parent_run_id: str
-    cwd: str  # the driver's working directory: relative paths (--data, sqlite:///x.db) mean the same
-    env: dict[str, str]  # the driver's MLFLOW_* variables (timeouts, credentials)
-    threads: int
-    fault_kill: str | None = None  # "<cell>:<seed>": see the module docstring
-    debug: bool = False
-
-
 class Progress:
     """A Ray actor that counts task starts: a task that starts again was retried after its worker died."""
 
@@ -160,17 +143,10 @@ def run_cell_task(spec: WorkerSpec, task: CellTask, progress: Any) -> CellOutcom
     """The Ray task: one cell x seed on a worker, logged to the shared store under the parent run."""
     import ray
 
-    os.environ.update(spec.env)
-    if os.path.isdir(spec.cwd):
-        os.chdir(spec.cwd)
-    if not spec.debug:
-        for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    spec.enter()
     with contextlib.suppress(Exception):  # the live count is a nicety
         progress.started.remote(task.index)
-    torch.set_num_threads(spec.threads)
-    device = torch.device(spec.device)
-    opts = RunOptions(**spec.options, device=device, progress_bar=False, out=sys.stdout)
+    opts = spec.run_options()
     tracker = Tracker(spec.tracking_uri, spec.experiment)
     plan = task.plan
     orphans = tracker.fail_running_children(
@@ -179,17 +155,11 @@ def run_cell_task(spec: WorkerSpec, task: CellTask, progress: Any) -> CellOutcom
         cell=plan.cell,
         seed=plan.seed,
     )
-    where = f" [node {ray.util.get_node_ip_address()}, pid {os.getpid()}"
+    node = ray.util.get_node_ip_address()
+    where = f" [node {node}, pid {os.getpid()}"
     where += f"; retry: run {', '.join(orphans)} of the dead attempt marked FAILED]" if orphans else "]"
     announce(task, sys.stdout, suffix=where)
-    data = load_data(opts.data, device)
-    if plan.data_info is not None and data_identity(data.info) != data_identity(plan.data_info):
-        theirs, ours = data_identity(plan.data_info), data_identity(data.info)
-        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        raise ExecutorError(
-            f"the data on node {ray.util.get_node_ip_address()} differs from the driver's in {', '.join(differ)}: "
-            "every node needs the same dataset (same folder content, or the same Imagenette archive)."
-        )
+    data = worker_data(spec, plan, opts, f"on node {node}")
     fault = spec.fault_kill == f"{plan.cell}:{plan.seed}" and not orphans
     parent = Run(tracker, spec.parent_run_id)
     observer = KillAfterFirstEpoch() if fault else None
@@ -326,21 +296,12 @@ class RayExecutor(Executor):
         return cpus, gpus
 
     def _spec(self, job: GridJob, cpus: float) -> WorkerSpec:
-        opts = job.opts
-        options = {
-            f.name: getattr(opts, f.name)
-            for f in dataclasses.fields(opts)
-            if f.name not in ("device", "progress_bar", "out")
-        }
-        return WorkerSpec(
-            options=options,
-            device=opts.device.type,
-            tracking_uri=job.tracker.uri,
-            experiment=job.tracker.experiment_name,
-            parent_run_id=job.parent.run_id,
+        return worker_spec(
+            job,
+            job.opts.device.type,
+            threads=max(1, int(cpus)),
             cwd=os.getcwd(),
             env={k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")},
-            threads=max(1, int(cpus)),
             fault_kill=os.environ.get(FAULT_ENV) or None,
             debug=logging.getLogger().isEnabledFor(logging.DEBUG),
         )
@@ -359,7 +320,7 @@ class RayExecutor(Executor):
                 continue
             options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": self.settings.max_retries}
             ref = remote.options(name=f"sota_ablate:{task.name}", retry_exceptions=False, **options).remote(
-                spec_ref, task, progress
+                spec_ref, unbound(task), progress
             )
             pending[ref] = task
         print(
