@@ -145,7 +145,7 @@ def test_worker_process_trains_a_cell_with_its_placement(image_folder: Path, tmp
 
     class InProcess(local.LocalExecutor):
         def run(self, tasks, job):
-            spec = local.worker_spec(job, "cpu", threads=1, budget_bytes=GIB)
+            spec = local.worker_spec(job, "cpu", threads=1, gpu_share=0.5)
             for task in tasks:
                 yield local.run_in_process(*pickle.loads(pickle.dumps((spec, local.unbound(task)))))
 
@@ -159,3 +159,18 @@ def test_worker_process_trains_a_cell_with_its_placement(image_folder: Path, tmp
     params = MlflowClient(tracker.uri).get_run(outcome.outcomes[0].run_id).data.params
     assert params[schema.placement_param("data_on")] == "host"
     assert params[schema.COMPILE] == "false" and params[schema.CELLS_PER_GPU] == "1"
+
+
+def test_a_workers_gpu_share_is_its_memory_budget() -> None:
+    """--cells-per-gpu N gives each worker 1/N of the GPU (or of --gpu-memory-gib), Ray's --gpus-per-cell 0.5 half
+    of it: the memory limit its data placement plans within; none on a CPU or without a share."""
+    import torch
+
+    from sota_ablate.executors.worker import WorkerSpec
+
+    def spec(device: str, share: float | None) -> WorkerSpec:
+        return WorkerSpec({"gpu_memory_bytes": 16 * GIB}, device, "sqlite:///x.db", "e", "p", {}, 1, gpu_share=share)
+
+    assert spec("cuda", 0.25).gpu_budget(torch.device("cuda")) == 4 * GIB
+    assert spec("cuda", None).gpu_budget(torch.device("cuda")) is None
+    assert spec("cpu", 0.5).gpu_budget(torch.device("cpu")) is None

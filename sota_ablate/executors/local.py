@@ -19,7 +19,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 import torch
 
 from sota_ablate.cell_run import CellOutcome, run_cell
-from sota_ablate.data.placement import limit_gpu_memory
 from sota_ablate.executors.base import CellTask, Executor, ExecutorError, GridJob, announce, skipped
 from sota_ablate.executors.worker import WorkerSpec, unbound, worker_data, worker_spec
 from sota_ablate.tracking import Run, Tracker
@@ -60,7 +59,7 @@ class LocalExecutor(Executor):
         n = self.cells_per_gpu
         total = torch.cuda.get_device_properties(device).total_memory
         budget = (job.opts.gpu_memory_bytes or total) // n
-        spec = worker_spec(job, str(device), threads=_threads(n), budget_bytes=budget, debug=_debug())
+        spec = worker_spec(job, str(device), threads=_threads(n), gpu_share=1 / n, debug=_debug())
         print(
             f"local: {n} cells at once on {device}, each in its own process with {budget / 2**30:.1f} GiB",
             file=job.out,
@@ -110,8 +109,6 @@ def run_in_process(spec: WorkerSpec, task: CellTask) -> CellOutcome:
     """One cell in a worker process: cap its GPU memory, load and place the data within it, train, log."""
     spec.enter()
     opts = spec.run_options()
-    if opts.device.type == "cuda" and spec.budget_bytes is not None:
-        limit_gpu_memory(opts.device, spec.budget_bytes)
     announce(task, sys.stdout, suffix=f" [pid {os.getpid()}]")
     data = worker_data(spec, task.plan, opts, f"of the worker of {task.name}")
     tracker = Tracker(spec.tracking_uri, spec.experiment)

@@ -295,11 +295,13 @@ class RayExecutor(Executor):
             )
         return cpus, gpus
 
-    def _spec(self, job: GridJob, cpus: float) -> WorkerSpec:
+    def _spec(self, job: GridJob, cpus: float, gpus: float) -> WorkerSpec:
         return worker_spec(
             job,
             job.opts.device.type,
             threads=max(1, int(cpus)),
+            # a fraction of a GPU (--gpus-per-cell 0.5): the worker's memory limit, and its data placement within it
+            gpu_share=gpus if 0 < gpus < 1 else None,
             cwd=os.getcwd(),
             env={k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")},
             fault_kill=os.environ.get(FAULT_ENV) or None,
@@ -310,7 +312,7 @@ class RayExecutor(Executor):
         ray = self.connect()
         out = job.out
         cpus, gpus = self._resources(job.opts.device)
-        spec_ref = ray.put(self._spec(job, cpus))
+        spec_ref = ray.put(self._spec(job, cpus, gpus))
         remote = ray.remote(run_cell_task)
         progress = ray.remote(num_cpus=0)(Progress).remote()
         pending: dict[Any, CellTask] = {}

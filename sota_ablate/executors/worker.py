@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from sota_ablate.data import ImageData, load_data
+from sota_ablate.data.placement import limit_gpu_memory
 from sota_ablate.executors.base import CellTask, ExecutorError, GridJob
 from sota_ablate.plan import CellPlan, RunOptions, data_identity
 from sota_ablate.train.memory import placement_request
@@ -39,7 +40,8 @@ class WorkerSpec:
         tracking_uri, experiment, parent_run_id: where the worker logs its cell run (under the grid run).
         data_info: the driver's data identity: the worker's data must be the same.
         threads: torch's CPU threads in the worker.
-        budget_bytes: the worker's share of its GPU's memory (``--cells-per-gpu``), None: the whole device.
+        gpu_share: the fraction of its GPU's memory (of ``--gpu-memory-gib`` when given) the worker may use: 1/N
+            with ``--cells-per-gpu N``, Ray's ``--gpus-per-cell`` below 1; None: no limit of its own.
         cwd: the driver's working directory (Ray: relative paths mean the same on every node), None: unchanged.
         env: the driver's ``MLFLOW_*`` variables (Ray: timeouts, credentials).
         fault_kill: ``<cell>:<seed>`` of a cell whose worker kills itself after its first epoch (Ray's fault test).
@@ -53,7 +55,7 @@ class WorkerSpec:
     parent_run_id: str
     data_info: Mapping[str, Any]
     threads: int
-    budget_bytes: int | None = None
+    gpu_share: float | None = None
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     fault_kill: str | None = None
@@ -63,8 +65,17 @@ class WorkerSpec:
         """The driver's ``RunOptions`` as the worker uses them: its own device, no progress bar, its stdout."""
         return RunOptions(**self.options, device=torch.device(self.device), progress_bar=False, out=sys.stdout)
 
+    def gpu_budget(self, device: torch.device) -> int | None:
+        """The bytes of ``device`` this worker may allocate (``gpu_share`` of the GPU or of ``--gpu-memory-gib``);
+        None on a CPU or without a share."""
+        if device.type != "cuda" or self.gpu_share is None:
+            return None
+        total = self.options.get("gpu_memory_bytes") or torch.cuda.get_device_properties(device).total_memory
+        return int(total * self.gpu_share)
+
     def enter(self) -> None:
-        """Set the worker process up as the driver was: environment, working directory, threads, log levels."""
+        """Set the worker process up as the driver was: environment, working directory, threads, log levels, and
+        its GPU memory limit (``gpu_budget``), which its data placement then plans within."""
         os.environ.update(self.env)
         if self.cwd is not None and os.path.isdir(self.cwd):
             os.chdir(self.cwd)
@@ -72,6 +83,10 @@ class WorkerSpec:
         if not self.debug:
             for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
                 logging.getLogger(noisy).setLevel(logging.ERROR)
+        device = torch.device(self.device)
+        budget = self.gpu_budget(device)
+        if budget is not None:
+            limit_gpu_memory(device, budget)
 
 
 def worker_spec(job: GridJob, device: str, threads: int, **extra: Any) -> WorkerSpec:
