@@ -272,7 +272,8 @@ def _add_precision_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="POINTS",
         help="after the grid's seeds (the pilot, at least 3), run extra seeds for the cells of every comparison "
-        "whose 95%% interval would be wider than +-POINTS accuracy points",
+        "whose 95%% interval would be wider than +-POINTS accuracy points (a technique over its pairs of cells; "
+        "in a sweep, each arm against the reference at every value)",
     )
     g.add_argument(
         "--max-seeds",
