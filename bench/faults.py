@@ -184,8 +184,14 @@ def fault_concurrent(root: Path) -> Outcome:
     second.send_signal(signal.SIGCONT)
     rcs = (first.wait(timeout=600), second.wait(timeout=600))
     ok, seen = d.exactly_once()
+    warmed = "" if warm.returncode == 0 else f"warm-up run exit {warm.returncode}: {_last_line(warm)}; "
     return Outcome("two run-grid of the same grid at once, one paused 5 s", "every cell FINISHED exactly once",
-                   f"exits {rcs}; {seen}", warm.returncode == 0 and rcs == (0, 0) and ok)  # fmt: skip
+                   f"{warmed}exits {rcs}; {seen}", warm.returncode == 0 and rcs == (0, 0) and ok)  # fmt: skip
+
+
+def _last_line(done: subprocess.CompletedProcess) -> str:
+    lines = (done.stderr or done.stdout or "").strip().splitlines()
+    return lines[-1][:200] if lines else "(no output)"
 
 
 def fault_replaced_data(root: Path) -> Outcome:
