@@ -9,7 +9,6 @@ else staged from pinned host memory). They all log to the same tracking store un
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import sys
@@ -57,9 +56,8 @@ class LocalExecutor(Executor):
                 f"--cells-per-gpu {self.cells_per_gpu} needs a CUDA device; the cells train on {device}"
             )
         n = self.cells_per_gpu
-        total = torch.cuda.get_device_properties(device).total_memory
-        budget = (job.opts.gpu_memory_bytes or total) // n
-        spec = worker_spec(job, str(device), threads=_threads(n), gpu_share=1 / n, debug=_debug())
+        spec = worker_spec(job, str(device), threads=_threads(n), gpu_share=1 / n)
+        budget = spec.gpu_budget(device) or 0
         print(
             f"local: {n} cells at once on {device}, each in its own process with {budget / 2**30:.1f} GiB",
             file=job.out,
@@ -95,10 +93,6 @@ class LocalExecutor(Executor):
             )
             print(f"!! {task.name} FAILED in its worker process: {reason}\n", file=job.out, flush=True)
             return CellOutcome(task.plan.cell, task.plan.seed, "FAILED", ids[-1] if ids else "", error=reason)
-
-
-def _debug() -> bool:
-    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def _threads(n: int) -> int:

@@ -305,7 +305,6 @@ class RayExecutor(Executor):
             cwd=os.getcwd(),
             env={k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")},
             fault_kill=os.environ.get(FAULT_ENV) or None,
-            debug=logging.getLogger().isEnabledFor(logging.DEBUG),
         )
 
     def run(self, tasks: Sequence[CellTask], job: GridJob) -> Generator[CellOutcome, None, None]:

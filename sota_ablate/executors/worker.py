@@ -100,7 +100,7 @@ def worker_spec(job: GridJob, device: str, threads: int, **extra: Any) -> Worker
         parent_run_id=job.parent.run_id,
         data_info=dict(job.data.info),
         threads=threads,
-        **extra,
+        **{"debug": logging.getLogger().isEnabledFor(logging.DEBUG), **extra},
     )
 
 
