@@ -129,7 +129,8 @@ class Drill:
         running = int((df["status"] == "RUNNING").sum())
         complete = grids[grids["status"] == "FINISHED"]
         ok = finished == ["a", "b", "c"] and running == 0 and len(complete) >= 1
-        return ok, f"finished {','.join(finished) or '-'}; {running} running; {len(grids)} grid run(s)"
+        ended = ", ".join(sorted(grids["status"])) or "-"
+        return ok, f"finished {','.join(finished) or '-'}; {running} running; {len(grids)} grid run(s) ({ended})"
 
 
 @contextlib.contextmanager
