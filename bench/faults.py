@@ -158,7 +158,7 @@ def fault_sigterm(root: Path) -> Outcome:
     again = d.run()
     ok, seen = d.exactly_once()
     resumed = "resuming run" in again.stdout
-    return Outcome("SIGTERM mid-cell, then the same command", "exit 130; rerun continues the cell; each cell once",
+    return Outcome("SIGTERM mid-cell, then the same command", "exit 130; the rerun finishes (from the checkpoint if an epoch ended); each cell once",
                    f"exit {rc}, rerun {again.returncode}{', resumed' if resumed else ''}; {seen}",
                    rc == 130 and again.returncode == 0 and ok)  # fmt: skip
 

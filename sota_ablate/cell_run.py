@@ -21,7 +21,6 @@ from sota_ablate import interrupts, schema
 from sota_ablate.artifacts import EpochLogger, judged_metrics, log_results
 from sota_ablate.config import LR_FIND
 from sota_ablate.data import ImageData
-from sota_ablate.data.noise import with_label_noise
 from sota_ablate.failures import failure_reason
 from sota_ablate.lease import cell_filter, claim_tags, heartbeat, winner
 from sota_ablate.lr_find import resolve_lr
@@ -203,7 +202,7 @@ def _stopped(run: Run, stop: Exception, err: Exception) -> None:
 
 def _training_labels(plan: CellPlan, data: ImageData, run: Run, out: Any) -> ImageData:
     """The data with the cell's training labels (``train.label_noise``), their source and flip rate logged."""
-    data, noise = with_label_noise(data, plan.train.label_noise)
+    data, noise = data.with_label_noise(plan.train.label_noise)
     run.log_params({
         schema.LABEL_NOISE_SOURCE: noise["source"],
         schema.LABEL_NOISE_FLIPPED: noise["flipped"],

@@ -102,7 +102,7 @@ def _run_grid(
     bad = f"; {data.info['bad_images']} unreadable image(s) skipped" if data.info.get("bad_images") else ""
     print(f"data: {data.info.get('n_train')} train / {data.info.get('n_valid')} valid images, {len(data.classes)} "
           f"classes, split {data.info.get('split')}, loaded in {time.perf_counter() - t0:.1f}s{bad}", file=out)  # fmt: skip
-    check_label_noise(data, [p.train.label_noise for p in plans])  # a CSV that cannot serve them: before any run
+    check_label_noise(data.noisy, [p.train.label_noise for p in plans])  # a CSV that cannot serve them: before any run
     plans = equalise_compute([p.bind(data.info) for p in plans])  # budget_unit = "flops": needs n_train
     ghash = grid_identity(grid, opts, seeds, data.info)
     parent = open_grid_run(tracker, grid, opts, seeds, ghash, data.info, out)

@@ -14,7 +14,7 @@ from scipy import stats
 from sota_ablate.cli import main
 from sota_ablate.config import ConfigError, TrainConfig, apply_overrides
 from sota_ablate.data import DataConfig, DataError, load_data
-from sota_ablate.data.noise import NOISY_CSV, SYMMETRIC_SEED, check_label_noise, symmetric_noise, with_label_noise
+from sota_ablate.data.noise import NOISY_CSV, SYMMETRIC_SEED, check_label_noise, symmetric_noise
 from tests.conftest import WNIDS, make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_csv_columns_map_by_path_and_validation_stays_clean(tmp_path: Path) -> N
     _write_csv(folder, flip)
     data = _data(folder, tmp_path)
     assert data.noisy is not None and sorted(data.noisy.columns) == [0, 1, 5, 25, 50]
-    noisy, info = with_label_noise(data, 25)
+    noisy, info = data.with_label_noise(25)
     assert info["source"] == "csv column noisy_labels_25" and info["flipped"] == 2
     assert info["flip_fraction"] == pytest.approx(2 / 12)
     for path, label, clean in zip(
@@ -57,8 +57,8 @@ def test_csv_columns_map_by_path_and_validation_stays_clean(tmp_path: Path) -> N
     ):
         assert data.classes[label] == flip.get(path, data.classes[clean]), path
     assert noisy.valid is data.valid and torch.equal(noisy.train.images, data.train.images)
-    assert torch.equal(with_label_noise(data, 5)[0].train.labels, data.train.labels)  # this CSV's 5 % column is clean
-    assert with_label_noise(data, 0) == (data, {"source": "clean", "flipped": 0, "flip_fraction": 0.0})
+    assert torch.equal(data.with_label_noise(5)[0].train.labels, data.train.labels)  # this CSV's 5 % column is clean
+    assert data.with_label_noise(0) == (data, {"source": "clean", "flipped": 0, "flip_fraction": 0.0})
     # The CSV is part of the data identity: other noisy labels, another digest.
     sha = data.info["label_noise_csv_sha256"]
     _write_csv(folder, {})
@@ -70,11 +70,11 @@ def test_unmatched_paths_are_named_before_training(tmp_path: Path) -> None:
     missing = f"train/{WNIDS[1]}/{WNIDS[1]}_0.JPEG"
     _write_csv(folder, {}, skip=missing)
     data = _data(folder, tmp_path)
-    check_label_noise(data, [0])  # clean cells do not need the CSV
+    check_label_noise(data.noisy, [0])  # clean cells do not need the CSV
     with pytest.raises(DataError, match=r"1 of 6 training images are not in .*" + missing):
-        check_label_noise(data, [0, 25])
+        check_label_noise(data.noisy, [0, 25])
     with pytest.raises(DataError, match="not in"):
-        with_label_noise(data, 25)
+        data.with_label_noise(25)
 
 
 def test_symmetric_noise_flips_exactly_the_rate_deterministically() -> None:
@@ -96,7 +96,7 @@ def test_symmetric_noise_flips_exactly_the_rate_deterministically() -> None:
 def test_without_csv_noise_is_symmetric_and_logged(tmp_path: Path) -> None:
     data = _data(make_image_folder(tmp_path / "images", n_train=10, n_valid=1), tmp_path)
     assert data.noisy is None and "label_noise_csv" not in data.info
-    noisy, info = with_label_noise(data, 50)
+    noisy, info = data.with_label_noise(50)
     assert info == {"source": f"symmetric, seed {SYMMETRIC_SEED + 50}", "flipped": 15, "flip_fraction": 0.5}
     assert torch.equal(noisy.valid.labels, data.valid.labels)
 

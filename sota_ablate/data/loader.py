@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from sota_ablate.data.checksum import file_digests, fingerprint
 from sota_ablate.data.config import DataConfig
 from sota_ablate.data.errors import DataError
 from sota_ablate.data.names import dataset_name
-from sota_ablate.data.noise import NoisyColumns, read_noisy_csv
+from sota_ablate.data.noise import NoisyColumns, noisy_labels, read_noisy_csv
 from sota_ablate.data.placement import (
     MemoryNeeds,
     Placement,
@@ -112,6 +112,19 @@ class ImageData:
     info: dict[str, Any]
     noisy: NoisyColumns | None = None
     placement: Placement | None = None
+
+    def with_label_noise(self, level: int) -> tuple[ImageData, dict[str, Any]]:
+        """The data a cell trains on at ``level`` % noise (``noise.noisy_labels``), and what to log about its
+        labels. It shares everything with this data (images, caches, validation set) but the training labels.
+
+        Raises:
+            DataError: the CSV cannot serve ``level`` (``noise.check_label_noise``).
+        """
+        labels, info = noisy_labels(self.train.labels, len(self.classes), self.noisy, level)
+        if level == 0:
+            return self, info
+        train = replace(self.train, labels=labels)  # the caches (dict fields) are shared, not copied
+        return replace(self, train=train), info
 
 
 def load_data(cfg: DataConfig, device: torch.device | str, placement: PlacementRequest | None = None) -> ImageData:

@@ -3,7 +3,7 @@
 Imagenette publishes ``noisy_imagenette.csv`` (``path``, ``noisy_labels_0`` … ``noisy_labels_50``, ``is_valid``):
 per image, a label with 0, 1, 5, 25 or 50 % of the labels flipped. ``load_data`` reads every such column of the
 CSV in the dataset folder (``read_noisy_csv``), matched to the training images by relative path, into the shared
-data once; a cell then selects its column (``with_label_noise``, from ``TrainConfig.label_noise``). Validation
+data once; a cell then selects its column (``ImageData.with_label_noise``, from ``TrainConfig.label_noise``). Validation
 labels always stay clean.
 
 Without the CSV the noise is symmetric: exactly ``round(level / 100 * n)`` training labels are flipped, each to a
@@ -17,20 +17,16 @@ differs from the nominal level: the cell logs it (``label_noise.flip_fraction``)
 from __future__ import annotations
 
 import csv
-import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sota_ablate.data.errors import DataError
-
-if TYPE_CHECKING:
-    from sota_ablate.data.loader import ImageData
 
 NOISE_LEVELS = (0, 1, 5, 25, 50)  # percent of wrong training labels, the CSV's columns
 NOISY_CSV = "noisy_imagenette.csv"  # in the dataset folder, next to train/ and val/
@@ -138,44 +134,47 @@ def symmetric_noise(labels: Tensor, n_classes: int, level: int) -> Tensor:
     return noisy.to(labels.device)
 
 
-def check_label_noise(data: ImageData, levels: Iterable[int]) -> None:
-    """Raise DataError, before any training, when a level the cells ask for cannot be served by the data's CSV."""
+def check_label_noise(noisy: NoisyColumns | None, levels: Iterable[int]) -> None:
+    """Raise DataError, before any training, when a level the cells ask for cannot be served by the CSV's columns
+    ``noisy`` (None: no CSV, every level is symmetric noise)."""
     wanted = sorted({level for level in levels if level != 0})
-    if not wanted or data.noisy is None:
+    if not wanted or noisy is None:
         return
-    if data.noisy.problems:
-        raise DataError(f"label_noise = {wanted[0]}: {'; '.join(data.noisy.problems)}.")
-    missing = [level for level in wanted if level not in data.noisy.columns]
+    if noisy.problems:
+        raise DataError(f"label_noise = {wanted[0]}: {'; '.join(noisy.problems)}.")
+    missing = [level for level in wanted if level not in noisy.columns]
     if missing:
         raise DataError(
-            f"label_noise = {missing[0]}: {data.noisy.file} has no column {column_name(missing[0])} (it has "
-            f"{', '.join(column_name(lv) for lv in sorted(data.noisy.columns))}): use one of those levels."
+            f"label_noise = {missing[0]}: {noisy.file} has no column {column_name(missing[0])} (it has "
+            f"{', '.join(column_name(lv) for lv in sorted(noisy.columns))}): use one of those levels."
         )
 
 
-def with_label_noise(data: ImageData, level: int) -> tuple[ImageData, dict[str, Any]]:
-    """The data a cell trains on at ``level`` % noise, and what to log about its labels.
+def noisy_labels(
+    clean: Tensor, n_classes: int, noisy: NoisyColumns | None, level: int
+) -> tuple[Tensor, dict[str, Any]]:
+    """The training labels at ``level`` % noise, and what to log about them.
 
-    The returned data shares everything with ``data`` (images, caches, validation set) but the training labels.
+    Args:
+        clean: the clean training labels.
+        n_classes: the number of classes (symmetric noise draws among them).
+        noisy: the CSV's columns, or None without a CSV (symmetric noise).
+        level: the percentage of wrong labels; 0 returns ``clean`` itself.
 
     Returns:
-        ``(data, {"source": ..., "flipped": ..., "flip_fraction": ...})``: the source is ``clean``,
+        ``(labels, {"source": ..., "flipped": ..., "flip_fraction": ...})``: the source is ``clean``,
         ``csv column noisy_labels_<level>`` or ``symmetric, seed <SYMMETRIC_SEED + level>``; ``flipped`` counts
-        the training labels that differ from the clean ones, ``flip_fraction`` is their fraction (the realised
-        rate).
+        the labels that differ from the clean ones, ``flip_fraction`` is their fraction (the realised rate).
 
     Raises:
         DataError: the CSV cannot serve ``level`` (see ``check_label_noise``).
     """
-    clean = data.train.labels
     if level == 0:
-        return data, {"source": "clean", "flipped": 0, "flip_fraction": 0.0}
-    check_label_noise(data, [level])
-    if data.noisy is not None:
-        labels, source = data.noisy.columns[level], f"csv column {column_name(level)}"
+        return clean, {"source": "clean", "flipped": 0, "flip_fraction": 0.0}
+    check_label_noise(noisy, [level])
+    if noisy is not None:
+        labels, source = noisy.columns[level], f"csv column {column_name(level)}"
     else:
-        labels, source = symmetric_noise(clean, len(data.classes), level), f"symmetric, seed {SYMMETRIC_SEED + level}"
+        labels, source = symmetric_noise(clean, n_classes, level), f"symmetric, seed {SYMMETRIC_SEED + level}"
     flipped = int((labels != clean).sum().item())
-    train = dataclasses.replace(data.train, labels=labels)  # the caches (dict fields) are shared, not copied
-    info = {"source": source, "flipped": flipped, "flip_fraction": flipped / max(1, len(clean))}
-    return dataclasses.replace(data, train=train), info
+    return labels, {"source": source, "flipped": flipped, "flip_fraction": flipped / max(1, len(clean))}
