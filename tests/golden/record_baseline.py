@@ -3,7 +3,7 @@
 The same command line works with every version of sota_ablate since 3417d69, so the file it writes pins the
 training numbers across refactors: ``tests/test_golden.py`` reruns it and compares bit for bit.
 
-    python tests/golden/record_baseline.py OUT.json
+    python tests/golden/record_baseline.py tests/golden/quick_baseline.<capability>.json
 """
 
 from __future__ import annotations
