@@ -1,7 +1,8 @@
 """Record the per-epoch metrics of the `quick` profile's `baseline` cell on a generated image folder.
 
-The same command line works with every version of sota_ablate since 3417d69, so the file it writes pins the
-training numbers across refactors: ``tests/test_golden.py`` reruns it and compares bit for bit.
+The file it writes pins the training numbers across refactors: ``tests/test_golden.py`` reruns it and compares
+bit for bit. To record with 3417d69 itself (before grids shipped with the package), set ``GRID`` to that commit's
+``ablations/chapter.toml`` as an absolute path (the same cells as today's built-in ``chapter``).
 
     python tests/golden/record_baseline.py tests/golden/quick_baseline.<capability>.json
 """
